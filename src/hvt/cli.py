@@ -1,0 +1,25 @@
+"""The `hvt` command line: one typer app, one sub-module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from hvt import __version__
+
+app = typer.Typer(
+    name="hvt",
+    help="Operate the Verl-SWE-RL bundle: config, preflight, launch, clean.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Operate the Verl-SWE-RL bundle."""
+
+
+@app.command()
+def version() -> None:
+    """Print the harbor-verl-train version."""
+    typer.echo(__version__)
