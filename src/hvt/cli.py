@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hvt import __version__
+from hvt import __version__, config_cli
 
 app = typer.Typer(
     name="hvt",
@@ -12,6 +12,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(config_cli.app, name="config")
 
 
 @app.callback()
