@@ -14,14 +14,14 @@ from hvt.config_load import parse, validate
 from hvt.problems import ConfigError, Problem
 
 app = typer.Typer(help="Validate and summarise config/config.yaml.", no_args_is_help=True)
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 FileArg = Annotated[Path | None, typer.Argument(help="config file (default config/config.yaml)")]
 
 
 def _print_problems(source: str, problems: list[Problem]) -> None:
-    err.print(f"[bold red]{source}: {len(problems)} problem(s)[/]")
+    err.print(f"[bold red]{source}: {len(problems)} problem(s)[/]", soft_wrap=True)
     for p in problems:
         where = f"  [dim]\\[line {p.line}][/]" if p.line else ""
         err.print(f"{p.render()}{where}", markup=True, soft_wrap=True)

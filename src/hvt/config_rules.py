@@ -179,17 +179,21 @@ def _algorithm(cfg: RunConfig, config_file: Path | None) -> list[Problem]:
         ]
     preset = algorithms.load(a.preset, directory)
     out: list[Problem] = []
-    for key in ("adv_estimator", "policy_loss_mode", "loss_agg_mode"):
-        given = getattr(a, key)
-        wanted = getattr(preset, key)
-        if given is not None and given != wanted:
-            out.append(
-                Problem(
-                    f"{P}.algorithm.{key}",
-                    f"{given!r} contradicts preset {a.preset!r} ({key}={wanted!r})",
-                    f"remove the key, set it to {wanted!r}, or pick another preset",
-                )
+    conflicts = [
+        (key, getattr(a, key), getattr(preset, key))
+        for key in ("adv_estimator", "policy_loss_mode", "loss_agg_mode")
+        if getattr(a, key) is not None and getattr(a, key) != getattr(preset, key)
+    ]
+    if conflicts:
+        said = ", ".join(f"{k}={given!r}" for k, given, _ in conflicts)
+        wanted = ", ".join(f"{k}={want!r}" for k, _, want in conflicts)
+        out.append(
+            Problem(
+                f"{P}.algorithm.{conflicts[0][0]}",
+                f"{said} contradicts preset {a.preset!r} ({wanted})",
+                "remove those keys, set them to the preset's values, or pick another preset",
             )
+        )
     estimator = a.adv_estimator or preset.adv_estimator
     if estimator in ("grpo", "rloo") and t.n_resp_per_prompt < 2:
         out.append(
