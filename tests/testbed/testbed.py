@@ -82,8 +82,20 @@ def ensure_engine_packages() -> None:
     )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-q"], env=env)
-    run(["apt-get", "install", "-y", "-q", "-t", "trixie",
-         "docker.io", "docker-compose", "docker-buildx"], env=env)
+    run(
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "-t",
+            "trixie",
+            "docker.io",
+            "docker-compose",
+            "docker-buildx",
+        ],
+        env=env,
+    )
     run(["apt-get", "install", "-y", "-q", "debootstrap"], env=env)
 
 
@@ -118,19 +130,29 @@ def build_debian(rebuild: bool) -> None:
         rootfs = Path(tmp) / "rootfs"
         say(f"debootstrap bookworm from {mirror} (about a minute)")
         started = time.monotonic()
-        run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
-            stdout=subprocess.DEVNULL)
+        run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
+            stdout=subprocess.DEVNULL,
+        )
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", DEBIAN_IMAGE], stdin=tar.stdout, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["docker", "import", "-", DEBIAN_IMAGE],
+            stdin=tar.stdout,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         if tar.wait() != 0:
             raise SystemExit("tar of the debootstrap root failed")
         say(f"{DEBIAN_IMAGE}: built in {time.monotonic() - started:.0f} s")
 
 
 def python_prefix() -> Path:
-    out = subprocess.run(["pyenv", "prefix"], env={**os.environ, "PYENV_VERSION": "3.12.1"},
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["pyenv", "prefix"],
+        env={**os.environ, "PYENV_VERSION": "3.12.1"},
+        capture_output=True,
+        text=True,
+    )
     if out.returncode == 0:
         return Path(out.stdout.strip())
     found = shutil.which("python3.12")
@@ -153,8 +175,20 @@ def _skip_member(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 
 def docker_build(tag: str, dockerfile: Path, context: Path) -> None:
     started = time.monotonic()
-    run(["docker", "build", "--progress=plain", "-t", tag, "-f", str(dockerfile),
-         "--build-arg", f"DEBIAN_IMAGE={DEBIAN_IMAGE}", str(context)])
+    run(
+        [
+            "docker",
+            "build",
+            "--progress=plain",
+            "-t",
+            tag,
+            "-f",
+            str(dockerfile),
+            "--build-arg",
+            f"DEBIAN_IMAGE={DEBIAN_IMAGE}",
+            str(context),
+        ]
+    )
     say(f"{tag}: built in {time.monotonic() - started:.0f} s")
 
 
