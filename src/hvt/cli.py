@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hvt import __version__, config_cli
+from hvt import __version__, config_cli, dryrun_cli
 
 app = typer.Typer(
     name="hvt",
@@ -13,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config_cli.app, name="config")
+app.command("dryrun")(dryrun_cli.dryrun)
 
 
 @app.callback()
