@@ -10,12 +10,11 @@ from typing import Any
 
 import docker
 from docker.errors import DockerException
-from docker.tls import TLSConfig
 
+from hvt.docker_remote import CERT_FILES, connect
 from hvt.preflight import Check, Context, fail, ok, skip, warn
 
 TIMEOUT_S = 10
-CERT_FILES = ("ca.pem", "cert.pem", "key.pem")
 # What Harbor does to a sandbox pod: (resource, subresource, verb)
 K8S_VERBS = (
     ("pods", "", "create"),
@@ -68,14 +67,6 @@ def check_local_docker(ctx: Context) -> Iterator[Check]:
         yield fail("backend.docker", f"{host}: {_short(exc)}", remedy)
         return
     yield ok("backend.docker", f"{host}: {_describe_info(info)}")
-
-
-def tls_config(cert_dir: Path) -> TLSConfig:
-    return TLSConfig(
-        client_cert=(str(cert_dir / "cert.pem"), str(cert_dir / "key.pem")),
-        ca_cert=str(cert_dir / "ca.pem"),
-        verify=True,
-    )
 
 
 def cert_dir_for(ctx: Context) -> Path:
@@ -137,7 +128,7 @@ def check_remote_docker(ctx: Context) -> Iterator[Check]:
             "allowed by allow_insecure_test_network; use TLS on 2376 anywhere else",
         )
         try:
-            info = docker.DockerClient(base_url=host, timeout=TIMEOUT_S).info()
+            info = connect(host, None, timeout=TIMEOUT_S).info()
         except DockerException as exc:
             yield fail("backend.docker", f"{host}: {_short(exc)}", "start the test daemon")
             return
@@ -164,7 +155,7 @@ def check_remote_docker(ctx: Context) -> Iterator[Check]:
     else:
         yield ok("backend.docker.tls", f"client certificate in {certs}")
     try:
-        client = docker.DockerClient(base_url=host, tls=tls_config(certs), timeout=TIMEOUT_S)
+        client = connect(host, certs, timeout=TIMEOUT_S)
         info = client.info()
     except Exception as exc:
         detail, remedy = _classify_tls_error(exc)

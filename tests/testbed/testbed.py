@@ -40,7 +40,7 @@ def debian_mirror() -> str:
     """The Debian mirror URI configured on this machine (never written down by hand)."""
     for path in sorted(APT_SOURCES.glob("*.sources")):
         block: dict[str, str] = {}
-        for line in path.read_text().splitlines() + [""]:
+        for line in [*path.read_text().splitlines(), ""]:
             if not line.strip():
                 suites = block.get("Suites", "").split()
                 if "bookworm" in suites and "debian-security" not in block.get("URIs", ""):

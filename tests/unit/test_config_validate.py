@@ -16,6 +16,7 @@ CORPUS: list[dict[str, Any]] = yaml.safe_load(
     (Path(__file__).parent / "config_corpus.yaml").read_text()
 )
 runner = CliRunner()
+REMOTE = "harbor_patch.environments.remote_docker:RemoteDockerEnvironment"
 
 
 def _absolute(key: str) -> str:
@@ -113,7 +114,7 @@ def test_insecure_port_allowed_when_explicit(tmp_path: Path) -> None:
     data = filled_config(
         **{
             "runtime_info.input.harbor_agent.docker_host": "tcp://127.0.0.1:2375",
-            "runtime_info.input.harbor_agent.environment_import_path": "harbor_patch.environments.remote_docker:RemoteDockerEnvironment",
+            "runtime_info.input.harbor_agent.environment_import_path": REMOTE,
             "runtime_info.input.harbor_agent.allow_insecure_test_network": True,
         }
     )
