@@ -11,6 +11,7 @@ from typing import Any
 import docker
 from docker.errors import DockerException
 
+from hvt.config_model import RunConfig
 from hvt.docker_remote import CERT_FILES, connect
 from hvt.preflight import Check, Context, fail, ok, skip, warn
 
@@ -69,8 +70,8 @@ def check_local_docker(ctx: Context) -> Iterator[Check]:
     yield ok("backend.docker", f"{host}: {_describe_info(info)}")
 
 
-def cert_dir_for(ctx: Context) -> Path:
-    configured = ctx.cfg.inputs.harbor_agent.docker_cert_path
+def cert_dir_for_config(cfg: RunConfig) -> Path:
+    configured = cfg.inputs.harbor_agent.docker_cert_path
     return Path(configured or os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
 
 
@@ -134,7 +135,7 @@ def check_remote_docker(ctx: Context) -> Iterator[Check]:
             return
         yield ok("backend.docker", f"{host}: {_describe_info(info)}")
         return
-    certs = cert_dir_for(ctx)
+    certs = cert_dir_for_config(ctx.cfg)
     missing = [f for f in CERT_FILES if not (certs / f).is_file()]
     if missing:
         yield fail(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +64,12 @@ class RunPaths:
 
     @property
     def ray_temp(self) -> Path:
-        return Path(os.environ.get("HVT_RAY_TEMP_DIR") or "/tmp/ray")
+        """This bundle's own Ray temp dir (short: Ray's unix socket paths are length-limited)."""
+        env = os.environ.get("HVT_RAY_TEMP_DIR")
+        if env:
+            return Path(env)
+        digest = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:8]
+        return Path(tempfile.gettempdir()) / f"ray-hvt-{digest}"
 
     @property
     def wandb(self) -> Path:

@@ -1,0 +1,60 @@
+"""`hvt clean --pods` on the Docker backend removes only this run's labelled sandboxes."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hvt.cli import app
+from tests.conftest import filled_config
+
+pytestmark = pytest.mark.docker
+IMAGE = "local/debian:bookworm"
+
+
+@pytest.fixture
+def client() -> docker.DockerClient:
+    try:
+        c = docker.from_env(timeout=10)
+        c.images.get(IMAGE)
+    except Exception as exc:
+        pytest.skip(f"needs a Docker engine and {IMAGE} (run `make testbed`): {exc}")
+    return c
+
+
+def test_pods_removes_only_labelled_sandboxes(
+    tmp_path: Path, client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HVT_WORKDIR", str(tmp_path))
+    prefix = f"hvt-test-{uuid.uuid4().hex[:8]}"
+    mine = [
+        client.containers.run(IMAGE, "sleep 300", detach=True, labels={"harbor-run": prefix})
+        for _ in range(2)
+    ]
+    other = client.containers.run(
+        IMAGE, "sleep 300", detach=True, labels={"harbor-run": f"{prefix}-other"}
+    )
+    unlabelled = client.containers.run(IMAGE, "sleep 300", detach=True)
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                filled_config(**{"runtime_info.input.harbor_agent.pod_name_prefix": prefix})
+            )
+        )
+        result = CliRunner().invoke(app, ["clean", "--config", str(config), "--pods"])
+        assert result.exit_code == 0, result.output
+        assert f"removed 2 sandbox container(s) labelled harbor-run={prefix}" in result.output
+        ids = {c.id for c in client.containers.list(all=True)}
+        assert not any(c.id in ids for c in mine)
+        assert other.id in ids and unlabelled.id in ids
+    finally:
+        for c in [*mine, other, unlabelled]:
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)

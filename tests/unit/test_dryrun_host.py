@@ -1,0 +1,174 @@
+"""`hvt dryrun` checks of inputs, model heads, ports, wandb, writability, residue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hvt.cli import app
+from tests.conftest import filled_config
+from tests.helpers.processes import free_port, listener
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    wd = tmp_path / "bundle"
+    wd.mkdir()
+    monkeypatch.setenv("HVT_WORKDIR", str(wd))
+    monkeypatch.setenv("HVT_RAY_TEMP_DIR", str(tmp_path / "ray-hvt-test"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return wd
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Any]:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps({"num_key_value_heads": 4, "num_attention_heads": 32})
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.parquet").write_bytes(b"PAR1")
+    (data / "val.parquet").write_bytes(b"PAR1")
+    return {
+        "runtime_info.input.model.model_path": str(model),
+        "runtime_info.input.data.data_dir": str(data),
+        "runtime_info.input.data.train_index": "train.parquet",
+        "runtime_info.input.data.val_index": str(data / "val.parquet"),
+    }
+
+
+def _checks(tmp_path: Path, **overrides: Any) -> dict[str, dict[str, str]]:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(filled_config(**overrides)))
+    result = runner.invoke(app, ["dryrun", "--config", str(path), "--json"])
+    report = json.loads(result.output)
+    assert result.exit_code == (0 if report["ok"] else 1)
+    names = [c["name"] for c in report["checks"]]
+    for c in report["checks"]:
+        assert c["status"] in ("ok", "warn", "fail", "skip")
+        if c["status"] == "fail":
+            assert c["remedy"] or c["name"] == "config.valid", c
+        if c["status"] == "skip":
+            assert c["detail"], f"{c['name']} skipped without a reason"
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert len(by_name) == len(names) or names.count("config.valid") > 1
+    return by_name
+
+
+def test_inputs_present_pass(tmp_path: Path, workdir: Path, inputs: dict[str, Any]) -> None:
+    checks = _checks(tmp_path, **inputs)
+    for name in (
+        "inputs.model_path",
+        "inputs.train_index",
+        "inputs.val_index",
+        "model.kv_heads",
+        "wandb",
+        "writable.logs",
+        "writable.checkpoints",
+    ):
+        assert checks[name]["status"] == "ok", checks[name]
+
+
+def test_missing_inputs_fail_naming_the_key(tmp_path: Path, workdir: Path) -> None:
+    checks = _checks(tmp_path)
+    assert checks["inputs.model_path"]["status"] == "fail"
+    assert "model.model_path" in checks["inputs.model_path"]["remedy"]
+    assert checks["inputs.train_index"]["status"] == "fail"
+    assert "hvt tasks index" in checks["inputs.train_index"]["remedy"]
+    assert checks["model.kv_heads"]["status"] == "skip"
+
+
+def test_kv_heads_not_divisible_fails(
+    tmp_path: Path, workdir: Path, inputs: dict[str, Any]
+) -> None:
+    checks = _checks(tmp_path, **inputs, **{"runtime_info.input.vllm.gen_tp": 8})
+    check = checks["model.kv_heads"]
+    assert check["status"] == "fail"
+    assert "illegal memory access" in check["detail"]
+    assert "[1, 2, 4]" in check["remedy"]
+
+
+def test_gpu_checks_skip_with_a_reason_here(tmp_path: Path, workdir: Path) -> None:
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi")
+    checks = _checks(tmp_path)
+    assert checks["gpu.count"]["status"] == "skip"
+    assert "nvidia-smi not found" in checks["gpu.count"]["detail"]
+
+
+def test_foreign_process_on_the_litellm_port_fails(tmp_path: Path, workdir: Path) -> None:
+    port = free_port()
+    with listener(port, None):
+        checks = _checks(tmp_path, **{"runtime_info.input.infrastructure.litellm_port": port})
+    check = checks["ports.litellm"]
+    assert check["status"] == "fail"
+    assert f"port {port}" in check["detail"] and "stray LiteLLM" in check["detail"]
+    assert "infrastructure.litellm_port" in check["remedy"]
+
+
+def test_our_own_leftover_on_a_port_warns(tmp_path: Path, workdir: Path) -> None:
+    port = free_port()
+    with listener(port, workdir):
+        checks = _checks(tmp_path, **{"runtime_info.input.infrastructure.ray_port": port})
+        assert checks["ports.ray"]["status"] == "warn"
+        assert "hvt clean" in checks["ports.ray"]["remedy"]
+        assert checks["residue"]["status"] == "warn"
+
+
+def test_wandb_online_needs_a_key(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    online = {"runtime_info.input.credentials.wandb_mode": "online"}
+    assert _checks(tmp_path, **online)["wandb"]["status"] == "fail"
+    key_file = tmp_path / "wandb_api_key"
+    key_file.write_text("k" * 40)
+    monkeypatch.setenv("WANDB_API_KEY_FILE", str(key_file))
+    check = _checks(tmp_path, **online)["wandb"]
+    assert check["status"] == "ok" and "secret file" in check["detail"]
+    monkeypatch.delenv("WANDB_API_KEY_FILE")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert "$WANDB_API_KEY" in _checks(tmp_path, **online)["wandb"]["detail"]
+
+
+def test_unwritable_checkpoints_fail(tmp_path: Path, workdir: Path) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere; permission checks need an unprivileged user")
+    (workdir / "checkpoints").mkdir(mode=0o500)
+    assert _checks(tmp_path)["writable.checkpoints"]["status"] == "fail"
+
+
+def test_trials_residue_warns(tmp_path: Path, workdir: Path) -> None:
+    (workdir / "harbor_trials" / "swe-lego-live-rl" / "exp").mkdir(parents=True)
+    check = _checks(tmp_path)["residue.trials"]
+    assert check["status"] == "warn" and "--trials" in check["remedy"]
+
+
+def test_invalid_config_fails_config_valid_only(tmp_path: Path, workdir: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("meta_info: [\n")
+    result = runner.invoke(app, ["dryrun", "--config", str(path), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert [c["name"] for c in report["checks"]] == ["config.valid"]
+
+
+def test_human_table_output(tmp_path: Path, workdir: Path, inputs: dict[str, Any]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(filled_config(**inputs)))
+    result = runner.invoke(app, ["dryrun", "--config", str(path)])
+    assert "Run Configuration Summary" in result.output
+    assert "hvt dryrun" in result.output
+    assert ("READY" in result.output) or ("NOT READY" in result.output)
