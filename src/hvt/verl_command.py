@@ -74,7 +74,7 @@ def overrides(
 ) -> list[str]:
     """Hydra overrides, in a stable order (golden-tested)."""
     i = cfg.inputs
-    t, v, a, h, r = i.training, i.vllm, i.algorithm, i.harbor_agent, i.harbor_runtime
+    t, v, a, r = i.training, i.vllm, i.algorithm, i.harbor_runtime
     preset = algorithms.load(a.preset, algorithms.presets_dir(config_file))
     data_dir = Path(i.data.data_dir)
 
