@@ -1,5 +1,6 @@
 # Verl-SWE-RL deployment bundle. `make help` lists the targets.
 SHELL := /bin/bash
+, := ,
 .DEFAULT_GOAL := help
 
 PYTHON312 ?= $(shell PYENV_VERSION=3.12.1 command -v python3.12 >/dev/null 2>&1 && echo "env PYENV_VERSION=3.12.1 python3.12" || echo python3.12)
@@ -8,8 +9,19 @@ PY        := $(VENV)/bin/python
 HVT       := $(VENV)/bin/hvt
 CONFIG    ?= config/config.yaml
 PYTEST_ARGS ?=
+# images (docs/images.md). BASE_IMAGE: empty = the Dockerfile's digest-pinned public base; where
+# the test bed's stand-in exists (no registry here) it is used, and `make image` says so.
+IMAGE_PREFIX ?= verl-swe-rl
+IMAGE_TAG    ?= $(IMAGE_SHA)
+IMAGE_SHA    := $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+STAND_IN     := $(shell docker image inspect local/python:3.12-bookworm >/dev/null 2>&1 && echo local/python:3.12-bookworm)
+BASE_IMAGE   ?= $(STAND_IN)
+BUILD_CA     ?= /etc/ssl/certs/ca-certificates.crt
+PROGRESS     ?= plain
+LOCK_FLAGS   := --generate-hashes --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
+                --index-url https://pypi.org/simple --custom-compile-command 'make lock' -q
 
-.PHONY: help venv testbed lint typecheck test test-unit dryrun clean
+.PHONY: help venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -43,3 +55,26 @@ dryrun: $(PY) ## preflight of config/config.yaml against this host
 
 clean: $(PY) ## stop what this bundle started (keeps checkpoints and wandb runs)
 	$(HVT) clean --config $(CONFIG)
+
+repos: $(PY) ## pinned harbor + verl sources into repos/ (config/repos.yaml; no-op when in place)
+	$(HVT) repos
+
+lock: $(PY) ## regenerate locks/*.lock (uv, hashes, linux x86_64, Python 3.12)
+	$(VENV)/bin/uv pip compile pyproject.toml locks/trainer.in --override locks/overrides.txt $(LOCK_FLAGS) -o locks/trainer.lock
+	$(VENV)/bin/uv pip compile pyproject.toml locks/proxy.in --override locks/overrides.txt $(LOCK_FLAGS) -o locks/proxy.lock
+	$(VENV)/bin/uv pip compile locks/uv.in $(LOCK_FLAGS) -o locks/uv.lock
+	cd locks/agent-runtime && npm install --package-lock-only --ignore-scripts --no-audit --no-fund
+
+image: ## build the trainer, proxy and agent-runtime images (tags: latest and the git short sha)
+	@test -d repos/verl -a -d repos/harbor || { echo "repos/ is empty: run make repos first" >&2; exit 1; }
+	@echo "base image: $(or $(BASE_IMAGE),the Dockerfile default (digest-pinned public image))"
+	@for target in agent-runtime proxy trainer; do \
+	  echo "== $(IMAGE_PREFIX)/$$target:$(IMAGE_TAG)"; \
+	  docker buildx build --progress=$(PROGRESS) --target $$target \
+	    $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	    $(if $(wildcard $(BUILD_CA)),--secret id=build_ca$(,)src=$(BUILD_CA)) \
+	    -t $(IMAGE_PREFIX)/$$target:latest -t $(IMAGE_PREFIX)/$$target:$(IMAGE_TAG) --load . || exit 1; \
+	done
+
+verify-venv: ## prove the trainer image runs the code in /workspace/repos (editable, locked, pip check)
+	docker run --rm $(IMAGE_PREFIX)/trainer:latest verify-venv
