@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from hvt import __version__, config_cli, dryrun_cli, repos, verify_venv
+from hvt import (
+    __version__,
+    config_cli,
+    dryrun_cli,
+    litellm_config_cli,
+    proxy_cli,
+    repos,
+    verify_venv,
+)
 
 app = typer.Typer(
     name="hvt",
@@ -14,6 +22,8 @@ app = typer.Typer(
 )
 app.add_typer(config_cli.app, name="config")
 app.command("dryrun")(dryrun_cli.dryrun)
+app.command("litellm-config")(litellm_config_cli.litellm_config_cmd)
+app.command("proxy")(proxy_cli.proxy_cmd)
 app.command("repos")(repos.repos_command)
 app.command("verify-venv")(verify_venv.verify_venv_command)
 
