@@ -9,6 +9,7 @@ PY        := $(VENV)/bin/python
 HVT       := $(VENV)/bin/hvt
 CONFIG    ?= config/config.yaml
 PYTEST_ARGS ?=
+PROXY_VENV ?= .venv-proxy
 # images (docs/images.md). BASE_IMAGE: empty = the Dockerfile's digest-pinned public base; where
 # the test bed's stand-in exists (no registry here) it is used, and `make image` says so.
 IMAGE_PREFIX ?= verl-swe-rl
@@ -21,7 +22,7 @@ PROGRESS     ?= plain
 LOCK_FLAGS   := --generate-hashes --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
                 --index-url https://pypi.org/simple --custom-compile-command 'make lock' -q
 
-.PHONY: help venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv
+.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,6 +34,20 @@ $(PY): pyproject.toml
 	@touch $(PY)
 
 venv: $(PY) ## the operator venv (Python 3.12) with hvt and the test tools
+
+# The proxy's own venv (litellm[proxy] needs rich<14, harbor rich>=14.1): the image's locked set
+# when locks/proxy.lock exists, else the pinned LiteLLM; plus this checkout, editable.
+$(PROXY_VENV)/bin/litellm: pyproject.toml $(wildcard locks/proxy.lock) | $(PY)
+	$(PYTHON312) -m venv $(PROXY_VENV)
+	$(if $(wildcard locks/proxy.lock),\
+	  $(VENV)/bin/uv pip install --python $(PROXY_VENV)/bin/python -q --require-hashes --no-deps -r locks/proxy.lock,\
+	  printf 'certifi==2026.10.18\n' > $(PROXY_VENV)/overrides.txt && \
+	  $(VENV)/bin/uv pip install --python $(PROXY_VENV)/bin/python -q 'litellm[proxy]==1.108.7' \
+	    'rich==13.9.4' --override $(PROXY_VENV)/overrides.txt)
+	$(VENV)/bin/uv pip install --python $(PROXY_VENV)/bin/python -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+proxy-venv: $(PROXY_VENV)/bin/litellm ## the LiteLLM proxy venv for tests (.venv-proxy)
 
 testbed: ## prepare this machine: Docker engine + compose + buildx, local base images (idempotent)
 	python3 tests/testbed/testbed.py
