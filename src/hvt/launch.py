@@ -113,7 +113,7 @@ def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -
         "start",
         "--head",
         f"--port={i.ray_port}",
-        "--dashboard-host=127.0.0.1",
+        f"--dashboard-host={os.environ.get('HVT_RAY_DASHBOARD_HOST', '127.0.0.1')}",
         f"--dashboard-port={i.ray_dashboard_port}",
         f"--temp-dir={paths.ray_temp}",
         "--disable-usage-stats",
