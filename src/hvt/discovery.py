@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ DEFAULT_TIMEOUT_S = 30 * 60.0
 
 class DiscoveryError(RuntimeError):
     """Replicas could not be found or reached; the message names what is missing and a fix."""
+
+
+class RayUnavailable(DiscoveryError):
+    """The Ray cluster is not (yet) reachable; discovery keeps waiting for it."""
 
 
 @dataclass(frozen=True, order=True)
@@ -120,6 +125,7 @@ class RaySource:
         import ray
 
         if not self._connected:
+            self._probe_gcs()
             try:
                 ray.init(
                     address=self.address or "auto",
@@ -129,12 +135,27 @@ class RaySource:
                     include_dashboard=False,
                 )
             except (ConnectionError, RuntimeError) as exc:
-                raise DiscoveryError(
+                raise RayUnavailable(
                     f"cannot connect to the Ray cluster at {self.address or 'auto'}: {exc} "
                     "(start the trainer first, or set RAY_ADDRESS / --ray-address)"
                 ) from exc
             self._connected = True
         return ray
+
+    def _probe_gcs(self) -> None:
+        """ray.init blocks for minutes on a dead address: check the GCS port first."""
+        address = (self.address or "").removeprefix("ray://")
+        if not address or address == "auto" or ":" not in address:
+            return
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=3):
+                pass
+        except (OSError, ValueError) as exc:
+            raise RayUnavailable(
+                f"Ray GCS at {address} is not reachable ({exc}); is the trainer's Ray head up? "
+                "(set RAY_ADDRESS or --ray-address to its host:port)"
+            ) from None
 
     def snapshot(self) -> tuple[list[Replica], dict[int, str]]:
         ray = self._connect()
@@ -190,8 +211,13 @@ def wait_for_replicas(
     if expected < 1:
         raise DiscoveryError(f"expected replica count must be >= 1, got {expected}")
     start = clock()
+    unavailable = ""
     while True:
-        ready, waiting = source.snapshot()
+        try:
+            ready, waiting = source.snapshot()
+            unavailable = ""
+        except RayUnavailable as exc:
+            ready, waiting, unavailable = [], {i: str(exc) for i in range(expected)}, str(exc)
         elapsed = clock() - start
         if progress is not None:
             progress(ready, waiting, elapsed)
@@ -202,6 +228,8 @@ def wait_for_replicas(
             missing = [i for i in range(expected) if i not in indices]
             if allow_partial and ready:
                 return ready
+            if unavailable:
+                raise DiscoveryError(f"no vLLM replicas after {elapsed:.0f} s: {unavailable}")
             detail = "; ".join(
                 f"vllm_server_{i}_0: {waiting.get(i, 'not registered in Ray')}" for i in missing
             )
