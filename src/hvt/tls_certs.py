@@ -1,4 +1,10 @@
-"""Certificates for tests: a CA, a server certificate with SANs, client certificates."""
+"""Certificates for the CPU smoke's TLS sandbox daemon and for tests.
+
+A CA, a server certificate with SANs, client certificates. Production hosts get theirs from
+`make provision` (the docker_tls role); this exists so the smoke stack and the tests can stand
+up a real TLS-only daemon without Ansible. `write_daemon_set` lays out what dockerd and a
+client need.
+"""
 
 from __future__ import annotations
 
@@ -96,3 +102,18 @@ def self_signed_client(cn: str = "intruder") -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _builder(cn, _name(cn), key).sign(key, hashes.SHA256())
     return Issued(cert, key)
+
+
+def write_daemon_set(out: Path, sans: list[str]) -> None:
+    """out/server/{ca,server-cert,server-key}.pem and out/client/{ca,cert,key}.pem (idempotent)."""
+    if (out / "client" / "key.pem").is_file() and (out / "server" / "server-key.pem").is_file():
+        return
+    ca = make_ca("hvt-smoke-ca")
+    server = issue(ca, sans[0], server=True, sans=sans)
+    client = issue(ca, "hvt-trainer", server=False)
+    pem = serialization.Encoding.PEM
+    for sub in ("server", "client"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / "ca.pem").write_bytes(ca.cert.public_bytes(pem))
+    server.write(out / "server", "server-cert.pem", "server-key.pem")
+    client.write(out / "client", "cert.pem", "key.pem")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.helpers.certs import Issued, issue, make_ca, self_signed_client
+from hvt.tls_certs import Issued, issue, make_ca, self_signed_client
 
 
 def free_port() -> int:

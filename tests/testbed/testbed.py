@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 DEBIAN_IMAGE = "local/debian:bookworm"
 PYTHON_IMAGE = "local/python:3.12-bookworm"
 SYSTEMD_IMAGE = "local/debian-systemd:bookworm"
+DOCKERD_IMAGE = "local/dockerd:bookworm"
 DOCKERD_LOG = Path("/var/log/dockerd.log")
 APT_SOURCES = Path("/etc/apt/sources.list.d")
 
@@ -186,6 +187,8 @@ def docker_build(tag: str, dockerfile: Path, context: Path) -> None:
             str(dockerfile),
             "--build-arg",
             f"DEBIAN_IMAGE={DEBIAN_IMAGE}",
+            "--build-arg",
+            f"DEBIAN_MIRROR={debian_mirror()}",
             str(context),
         ]
     )
@@ -212,14 +215,15 @@ def build_python(rebuild: bool) -> None:
         docker_build(PYTHON_IMAGE, ctx / "Dockerfile", ctx)
 
 
-def build_systemd(rebuild: bool) -> None:
-    if image_exists(SYSTEMD_IMAGE) and not rebuild:
-        say(f"{SYSTEMD_IMAGE}: present")
+def build_from(tag: str, dockerfile: str, rebuild: bool) -> None:
+    """An image from one of the Dockerfiles beside this script (no build context needed)."""
+    if image_exists(tag) and not rebuild:
+        say(f"{tag}: present")
         return
-    with tempfile.TemporaryDirectory(prefix="hvt-sdctx-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hvt-ctx-") as tmp:
         ctx = Path(tmp)
-        shutil.copy(HERE / "systemd.Dockerfile", ctx / "Dockerfile")
-        docker_build(SYSTEMD_IMAGE, ctx / "Dockerfile", ctx)
+        shutil.copy(HERE / dockerfile, ctx / "Dockerfile")
+        docker_build(tag, ctx / "Dockerfile", ctx)
 
 
 def main() -> int:
@@ -233,7 +237,8 @@ def main() -> int:
     ensure_daemon()
     build_debian(args.rebuild)
     build_python(args.rebuild)
-    build_systemd(args.rebuild)
+    build_from(SYSTEMD_IMAGE, "systemd.Dockerfile", args.rebuild)
+    build_from(DOCKERD_IMAGE, "dockerd.Dockerfile", args.rebuild)
     say(f"ready in {time.monotonic() - started:.0f} s")
     return 0
 
