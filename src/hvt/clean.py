@@ -25,9 +25,8 @@ from rich.console import Console
 
 from hvt import ownership
 from hvt.bundle import default_config_path
-from hvt.config_load import parse, validate
+from hvt.config_load import check
 from hvt.config_model import RunConfig
-from hvt.problems import ConfigError
 from hvt.run_paths import RunPaths
 
 LABEL = "harbor-run"
@@ -172,14 +171,7 @@ def plan(
 
 
 def _load(config_file: Path) -> RunConfig:
-    if not config_file.is_file():
-        raise CleanError(f"{config_file} does not exist (pass --config <file>)")
-    text = config_file.read_text()
-    try:
-        data = parse(text, str(config_file))
-    except ConfigError as exc:
-        raise CleanError(exc.problems[0].render()) from None
-    cfg, problems = validate(data, text, config_file)
+    cfg, problems = check(config_file)
     if cfg is None:
         raise CleanError("; ".join(p.render() for p in problems))
     return cfg  # unfilled markers do not matter for cleaning

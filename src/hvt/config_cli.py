@@ -10,8 +10,8 @@ from rich.console import Console
 
 from hvt import config_summary
 from hvt.bundle import default_config_path
-from hvt.config_load import parse, validate
-from hvt.problems import ConfigError, Problem
+from hvt.config_load import check
+from hvt.problems import Problem
 
 app = typer.Typer(help="Validate and summarise config/config.yaml.", no_args_is_help=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -27,26 +27,11 @@ def _print_problems(source: str, problems: list[Problem]) -> None:
         err.print(f"{p.render()}{where}", markup=True, soft_wrap=True)
 
 
-def _read(file: Path | None) -> tuple[Path, str]:
-    path = file or default_config_path()
-    if not path.is_file():
-        err.print(
-            f"(file): {path} does not exist (pass the config file, or run from the bundle root)"
-        )
-        raise typer.Exit(2)
-    return path, path.read_text()
-
-
 @app.command("validate")
 def validate_cmd(file: FileArg = None) -> None:
     """Exit 0 when the config is usable; else print every problem and exit 2."""
-    path, text = _read(file)
-    try:
-        data = parse(text, str(path))
-    except ConfigError as exc:
-        _print_problems(exc.source, exc.problems)
-        raise typer.Exit(2) from None
-    _, problems = validate(data, text, path)
+    path = file or default_config_path()
+    _, problems = check(path)
     if problems:
         _print_problems(str(path), problems)
         raise typer.Exit(2)
@@ -56,13 +41,8 @@ def validate_cmd(file: FileArg = None) -> None:
 @app.command("show")
 def show_cmd(file: FileArg = None) -> None:
     """Print the Run Configuration Summary (and any problems, which exit 2)."""
-    path, text = _read(file)
-    try:
-        data = parse(text, str(path))
-    except ConfigError as exc:
-        _print_problems(exc.source, exc.problems)
-        raise typer.Exit(2) from None
-    cfg, problems = validate(data, text, path)
+    path = file or default_config_path()
+    cfg, problems = check(path)
     if cfg is not None:
         out.print(config_summary.render(cfg), markup=False)
     if problems:

@@ -268,22 +268,92 @@ def _nearest_line(lines: dict[str, int], path: str) -> int | None:
     return None
 
 
-def load(path: Path) -> RunConfig:
+EXTENDS = "extends"
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in the overlay replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_extends(
+    data: dict[str, Any], path: Path, seen: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """`extends: <file>` (relative to this file) makes this file an overlay of that profile."""
+    parent = data.get(EXTENDS)
+    if parent is None:
+        return data
     source = str(path)
-    if not path.is_file():
+    if not isinstance(parent, str) or not parent:
         raise ConfigError(
             source,
             [
                 Problem(
-                    "(file)",
-                    f"{path} does not exist",
-                    "pass --config <file> or run from the bundle root",
+                    EXTENDS, f"expected a file name, got {parent!r}", "write extends: config.yaml"
                 )
             ],
         )
+    base_path = (path.parent / parent).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(
+            source,
+            [
+                Problem(
+                    EXTENDS,
+                    f"{parent} extends itself in a cycle",
+                    "point extends at a profile without extends",
+                )
+            ],
+        )
+    if not base_path.is_file():
+        raise ConfigError(
+            source,
+            [
+                Problem(
+                    EXTENDS,
+                    f"{base_path} does not exist",
+                    "fix the file name (relative to this file)",
+                )
+            ],
+        )
+    base = parse(base_path.read_text(), str(base_path))
+    base = resolve_extends(base, base_path, (*seen, path.resolve()))
+    overlay = {k: v for k, v in data.items() if k != EXTENDS}
+    return merge(base, overlay)
+
+
+def read(path: Path) -> tuple[dict[str, Any], str]:
+    """The file's data (with `extends` resolved) and its own text (for line numbers)."""
     text = path.read_text()
-    data = parse(text, source)
-    cfg, problems = validate(data, text, path)
+    return resolve_extends(parse(text, str(path)), path), text
+
+
+def check(path: Path) -> tuple[RunConfig | None, list[Problem]]:
+    """Every problem of a config file (missing, unparsable, invalid); never raises."""
+    if not path.is_file():
+        return None, [
+            Problem(
+                "(file)",
+                f"{path} does not exist",
+                "pass --config <file> or run from the bundle root",
+            )
+        ]
+    try:
+        data, text = read(path)
+    except ConfigError as exc:
+        return None, exc.problems
+    return validate(data, text, path)
+
+
+def load(path: Path) -> RunConfig:
+    """The typed config, or ConfigError with every problem."""
+    cfg, problems = check(path)
     if cfg is None or problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(str(path), problems)
     return cfg

@@ -10,9 +10,8 @@ from rich.console import Console
 
 from hvt import checks_backend, checks_host, checks_trees, config_summary
 from hvt.bundle import default_config_path
-from hvt.config_load import parse, validate
+from hvt.config_load import check
 from hvt.preflight import Check, CheckGroup, Context, Status, fail, ok, render_table, run, to_json
-from hvt.problems import ConfigError
 from hvt.run_paths import RunPaths
 
 GROUPS: tuple[CheckGroup, ...] = (
@@ -32,20 +31,7 @@ GROUPS: tuple[CheckGroup, ...] = (
 
 def preflight(config_file: Path) -> tuple[list[Check], Context | None]:
     """All checks for a config file; the context is None when the config cannot be typed."""
-    if not config_file.is_file():
-        return [
-            fail(
-                "config.valid",
-                f"{config_file} does not exist",
-                "pass --config <file> or run from the bundle root",
-            )
-        ], None
-    text = config_file.read_text()
-    try:
-        data = parse(text, str(config_file))
-    except ConfigError as exc:
-        return [fail("config.valid", p.render(), "") for p in exc.problems], None
-    cfg, problems = validate(data, text, config_file)
+    cfg, problems = check(config_file)
     results = [fail("config.valid", f"{p.path}: {p.message}", p.fix) for p in problems]
     if not problems:
         results.append(ok("config.valid", str(config_file)))

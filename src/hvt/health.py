@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from hvt.bundle import default_config_path
-from hvt.config_load import parse, validate
+from hvt.config_load import check
 from hvt.run_paths import RunPaths
 
 
@@ -36,8 +36,7 @@ def health(
         typer.echo(f"unknown service {service!r} (fix: hvt health trainer)", err=True)
         raise typer.Exit(2)
     path = config or default_config_path()
-    text = path.read_text()
-    cfg, _ = validate(parse(text, str(path)), text, path)
+    cfg, _ = check(path)
     if cfg is None:
         typer.echo(f"{path} does not validate (run hvt config validate)", err=True)
         raise typer.Exit(1)

@@ -127,7 +127,7 @@ def test_insecure_port_allowed_when_explicit(tmp_path: Path) -> None:
 def test_missing_file_exits_2(tmp_path: Path) -> None:
     code, lines = _validate(tmp_path / "nope.yaml")
     assert code == 2
-    assert "does not exist" in lines[0]
+    assert any("(file):" in ln and "does not exist" in ln for ln in lines)
 
 
 def test_show_prints_the_summary(filled_config_file: Path) -> None:
@@ -151,3 +151,35 @@ def test_show_prints_the_summary(filled_config_file: Path) -> None:
     ):
         assert label in result.output
     assert "64 prompts x 8 responses = 512 trials/step" in result.output
+
+
+def test_smoke_profile_extends_the_shipped_config() -> None:
+    code, lines = _validate(SHIPPED_CONFIG.parent / "smoke.yaml")
+    assert code == 0, lines
+
+
+def test_extends_overlay_reports_problems_of_the_merge(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(filled_config()))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("extends: base.yaml\nruntime_info:\n  input:\n    vllm:\n      gen_tp: 3\n")
+    code, lines = _validate(overlay)
+    assert code == 2
+    assert lines[1].startswith("runtime_info.input.vllm.gen_tp: ")
+    assert "[line 5]" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("extends: missing.yaml\n", "does not exist"),
+        ("extends: overlay.yaml\n", "cycle"),
+        ("extends: [a]\n", "expected a file name"),
+    ],
+)
+def test_bad_extends(tmp_path: Path, text: str, says: str) -> None:
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(text)
+    code, lines = _validate(overlay)
+    assert code == 2
+    assert lines[1].startswith("extends: ") and says in lines[1]
