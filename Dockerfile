@@ -86,6 +86,8 @@ RUN --mount=type=cache,id=hvt-uv-cache,target=/root/.cache/uv \
 # ---------------------------------------------------------------------------------------------
 FROM trainer-deps AS trainer
 COPY --from=cli-tools /out/ /
+# mount points of the named volumes the trainer writes (a new volume takes this ownership)
+RUN install -d -o hvt -g hvt /shared/litellm /workspace/smoke
 WORKDIR /workspace/repos
 # pinned sources (make repos), installed editable without touching the locked dependencies
 COPY --chown=hvt:hvt repos/verl/ /workspace/repos/verl/
