@@ -146,7 +146,12 @@ def record(
         finally:
             os.close(fd)
     return RunRecord(
-        run_id, exp_name, status, exit_code, str(entry["started_at"]), str(entry["ended_at"]),
+        run_id,
+        exp_name,
+        status,
+        exit_code,
+        str(entry["started_at"]),
+        str(entry["ended_at"]),
         folder,
     )
 
