@@ -278,6 +278,12 @@ def _epoch_ms(value: Any) -> float | None:
     return None
 
 
+def _api_base(kwargs: Mapping[str, Any], slo: Any) -> str | None:
+    """The deployment's base URL as configured (LiteLLM logs the full endpoint URL)."""
+    value = _get(kwargs, "litellm_params", "api_base") or _get(slo, "api_base")
+    return re.sub(r"/chat/completions/?$", "", str(value)) if value else None
+
+
 def request_headers(kwargs: Mapping[str, Any]) -> dict[str, str]:
     headers = _get(kwargs, "litellm_params", "proxy_server_request", "headers")
     if not isinstance(headers, Mapping):
@@ -358,7 +364,7 @@ def build(
         "deployment": {
             "model": kwargs.get("model"),
             "model_group": _get(slo, "model_group"),
-            "api_base": _get(slo, "api_base") or _get(kwargs, "litellm_params", "api_base"),
+            "api_base": _api_base(kwargs, slo),
             "model_id": _get(slo, "model_id"),
         },
         "request": request_section(kwargs),
