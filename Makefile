@@ -30,7 +30,8 @@ help: ## list the targets
 $(PY): pyproject.toml
 	$(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]'
+	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]' \
+	  $(if $(wildcard locks/overrides.txt),--override locks/overrides.txt)
 	@touch $(PY)
 
 venv: $(PY) ## the operator venv (Python 3.12) with hvt and the test tools
