@@ -1,0 +1,122 @@
+"""No secret and no machine-specific CA file in any layer or in the image config.
+
+The build reaches PyPI/npm/Debian through this machine's CA bundle, passed as the BuildKit secret
+`build_ca`. Every layer of every image (`docker save`) is scanned for that bundle and for the
+certificates only this machine trusts; the image config and history must not mention them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from tests.infra.conftest import STAND_IN, inspect
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+SECRET_WORDS = ("PRIVATE KEY", "build_ca", "/run/secrets", "ANTHROPIC_API_KEY=", "WANDB_API_KEY=")
+
+
+def _machine_markers() -> tuple[str, set[bytes]]:
+    """sha256 of the host bundle, and one distinctive line of each cert the base lacks."""
+    if not HOST_CA.is_file():
+        pytest.skip(f"{HOST_CA} does not exist on this machine: nothing machine-specific to find")
+    host = HOST_CA.read_bytes()
+    base = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "cat",
+            STAND_IN,
+            "/etc/ssl/certs/ca-certificates.crt",
+        ],
+        capture_output=True,
+    ).stdout
+    extra = set(_PEM.findall(host)) - set(_PEM.findall(base))
+    # the 3rd base64 line of a cert is unique to it and long enough to never occur by chance
+    markers = {pem.splitlines()[3] for pem in extra if len(pem.splitlines()) > 4}
+    return hashlib.sha256(host).hexdigest(), markers
+
+
+# A CA bundle or a PEM is a text file of at most a few MB: bigger files (torch's .so, vllm's
+# kernels) are skipped unread, which keeps the scan of the 11 GB trainer to about a minute.
+MAX_SCANNED = 8 << 20
+
+
+def _scan_layer(stream: IO[bytes], bundle_sha: str, markers: set[bytes]) -> list[str]:
+    found = []
+    with tarfile.open(fileobj=stream, mode="r|*") as layer:
+        for member in layer:
+            if "build_ca" in member.name or member.name.startswith("run/secrets"):
+                found.append(f"{member.name}: a build secret path")
+            if not member.isfile() or member.size == 0 or member.size > MAX_SCANNED:
+                continue
+            data = layer.extractfile(member)
+            if data is None:
+                continue
+            content = data.read()
+            if hashlib.sha256(content).hexdigest() == bundle_sha:
+                found.append(f"{member.name}: this machine's CA bundle")
+            elif b"BEGIN CERTIFICATE" in content and any(m in content for m in markers):
+                found.append(f"{member.name}: a certificate only this machine trusts")
+    return found
+
+
+def _scan_image(image: str, bundle_sha: str, markers: set[bytes]) -> list[str]:
+    """Stream `docker save` and scan each layer tar as it passes (no copy on disk)."""
+    proc = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    found: list[str] = []
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as outer:
+        for member in outer:
+            if not member.isfile():
+                continue
+            inner = outer.extractfile(member)
+            if inner is None:
+                continue
+            if member.name.endswith((".tar", "/layer.tar")) or member.name.startswith("blobs/"):
+                try:
+                    found += [
+                        f"{member.name} {hit}" for hit in _scan_layer(inner, bundle_sha, markers)
+                    ]
+                except tarfile.ReadError:
+                    continue  # a config or manifest blob, not a layer
+    assert proc.wait() == 0
+    return found
+
+
+@pytest.mark.parametrize("target", ["agent-runtime", "proxy", "trainer"])
+def test_no_machine_ca_or_secret_in_any_layer(images: dict[str, str], target: str) -> None:
+    bundle_sha, markers = _machine_markers()
+    found = _scan_image(images[target], bundle_sha, markers)
+    assert not found, "\n".join(found[:20])
+
+
+@pytest.mark.parametrize("target", ["agent-runtime", "proxy", "trainer"])
+def test_image_config_and_history_carry_no_secret(images: dict[str, str], target: str) -> None:
+    config = inspect(images[target])["Config"]
+    text = "\n".join(config.get("Env") or []) + "\n" + str(config.get("Labels") or "")
+    history = subprocess.run(
+        ["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", images[target]],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for word in SECRET_WORDS:
+        assert word not in text, f"{word} in the image config of {target}"
+    assert "PRIVATE KEY" not in history and "BEGIN CERTIFICATE" not in history
+    assert "ca-certificates.crt" not in history, f"a COPY of a CA bundle in {target}'s history"
+    for env in config.get("Env") or []:
+        name, _, value = env.partition("=")
+        if name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS"):
+            pytest.fail(f"{target} sets {name}={value}: the build CA leaks into the runtime")
