@@ -11,6 +11,7 @@ from hvt import (
     litellm_config_cli,
     proxy_cli,
     repos,
+    tasks_index,
     verify_venv,
 )
 
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config_cli.app, name="config")
+app.add_typer(tasks_index.app, name="tasks")
 app.command("dryrun")(dryrun_cli.dryrun)
 app.command("litellm-config")(litellm_config_cli.litellm_config_cmd)
 app.command("proxy")(proxy_cli.proxy_cmd)
