@@ -69,13 +69,15 @@ RUN printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s tr
 # src/ or repos/ never rebuilds it. harbor and verl come in as wheels here and are replaced by
 # the editable installs of /workspace/repos/ below.
 FROM base AS trainer-deps
+# the cache mounts' ids: scripts/bench_build.py sets fresh ones to time a truly cold build
+ARG UV_CACHE_ID=hvt-uv-cache
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git procps \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=uv /opt/uv /opt/uv
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/opt/uv/bin:$PATH
-RUN --mount=type=cache,id=hvt-uv-cache,target=/root/.cache/uv \
+RUN --mount=type=cache,id=${UV_CACHE_ID},target=/root/.cache/uv \
     --mount=type=secret,id=build_ca \
     --mount=type=bind,source=locks/trainer.lock,target=/tmp/locks/trainer.lock \
     uv venv --python /usr/local/bin/python3.12 /opt/venv \
@@ -114,10 +116,11 @@ CMD ["verify-venv"]
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS proxy-deps
+ARG UV_CACHE_ID=hvt-uv-cache
 COPY --from=uv /opt/uv /opt/uv
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/opt/uv/bin:$PATH
-RUN --mount=type=cache,id=hvt-uv-cache,target=/root/.cache/uv \
+RUN --mount=type=cache,id=${UV_CACHE_ID},target=/root/.cache/uv \
     --mount=type=secret,id=build_ca \
     --mount=type=bind,source=locks/proxy.lock,target=/tmp/locks/proxy.lock \
     uv venv --python /usr/local/bin/python3.12 /opt/venv \
@@ -153,9 +156,10 @@ RUN apt-get update -qq \
       libstdc++6 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
+ARG NPM_CACHE_ID=hvt-npm-cache
 COPY locks/agent-runtime/package.json locks/agent-runtime/package-lock.json ./
 # --ignore-scripts: claude-code's postinstall only links the platform binary, done below
-RUN --mount=type=cache,id=hvt-npm-cache,target=/root/.npm \
+RUN --mount=type=cache,id=${NPM_CACHE_ID},target=/root/.npm \
     --mount=type=secret,id=build_ca \
     with-build-ca npm ci --ignore-scripts --no-audit --no-fund --loglevel=warn
 ARG RUNTIME_ROOT=/opt/custom-agent-runtime/claude-code
