@@ -18,6 +18,7 @@ ENV LANG=C.UTF-8 \
     UV_PYTHON_DOWNLOADS=never \
     UV_NO_PROGRESS=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# USER below is numeric (1000:1000) so that Kubernetes' runAsNonRoot can check it
 RUN groupadd --gid 1000 hvt \
  && useradd --uid 1000 --gid hvt --create-home --shell /bin/bash hvt
 COPY --chmod=0755 entrypoint/with-build-ca.sh /usr/local/bin/with-build-ca
@@ -37,6 +38,7 @@ RUN --mount=type=secret,id=build_ca \
 # only libc6 >= 2.34, bookworm has 2.36). apt verifies them against the signed archive index;
 # the sha256 below pins the exact files on top of that.
 FROM base AS cli-tools
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG DEBIAN_MIRROR=http://deb.debian.org/debian
 ARG DOCKER_CLI_VERSION=26.1.5+dfsg1-9+deb13u1
 ARG DOCKER_CLI_SHA256=e78ac35b7a21652546ca1a739f63e4f31fe52e4385a9baf7020be400c594f23d
@@ -71,6 +73,10 @@ RUN printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s tr
 FROM base AS trainer-deps
 # the cache mounts' ids: scripts/bench_build.py sets fresh ones to time a truly cold build
 ARG UV_CACHE_ID=hvt-uv-cache
+# Debian packages float within bookworm (security updates replace old versions in the archive,
+# so an exact pin would break the build); what must not move is pinned: the locked venv and the
+# .debs of the cli-tools stage, by sha256.
+# hadolint ignore=DL3008
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git procps \
  && rm -rf /var/lib/apt/lists/*
@@ -109,7 +115,7 @@ COPY --chmod=0755 entrypoint/trainer.sh /entrypoint/trainer.sh
 ENV HVT_LOCK_FILE=/workspace/repos/harbor-verl-train/locks/trainer.lock \
     HVT_OVERRIDES_FILE=/workspace/repos/harbor-verl-train/locks/overrides.txt \
     HVT_REPOS_DIR=/workspace/repos
-USER hvt
+USER 1000:1000
 WORKDIR /workspace
 ENTRYPOINT ["/entrypoint/trainer.sh"]
 CMD ["verify-venv"]
@@ -141,7 +147,7 @@ COPY --chmod=0755 entrypoint/proxy.sh /entrypoint/proxy.sh
 # LiteLLM fetches its cost map from GitHub on import unless told to use the packaged copy
 ENV LITELLM_LOCAL_MODEL_COST_MAP=True \
     HVT_LOCK_FILE=/workspace/repos/harbor-verl-train/locks/proxy.lock
-USER hvt
+USER 1000:1000
 WORKDIR /workspace
 EXPOSE 4000
 ENTRYPOINT ["/entrypoint/proxy.sh"]
@@ -151,6 +157,8 @@ CMD ["version"]
 # Node.js + claude-code as one self-contained tree for task containers that have no node:
 # /opt/custom-agent-runtime/claude-code/{bin/claude,bin/node,lib/,runtime-env.sh}.
 FROM base AS agent-runtime-build
+# build-stage tools only (see trainer-deps on why apt packages float within bookworm)
+# hadolint ignore=DL3008
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm \
       libstdc++6 \
@@ -179,5 +187,5 @@ RUN install -d "${RUNTIME_ROOT}/libexec" "${RUNTIME_ROOT}/lib" \
 FROM base AS agent-runtime
 COPY --from=agent-runtime-build /opt/custom-agent-runtime/ /opt/custom-agent-runtime/
 COPY --chmod=0755 entrypoint/agent-runtime.sh /entrypoint/agent-runtime.sh
-USER hvt
+USER 1000:1000
 ENTRYPOINT ["/entrypoint/agent-runtime.sh"]

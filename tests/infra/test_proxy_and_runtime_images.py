@@ -24,7 +24,7 @@ def proxy(container_of: Any) -> Any:
 
 
 def test_proxy_is_non_root_with_its_own_locked_venv(proxy: Any, images: dict[str, str]) -> None:
-    assert inspect(images["proxy"])["Config"]["User"] == "hvt"
+    assert inspect(images["proxy"])["Config"]["User"] == "1000:1000"
     assert proxy.user().uid == 1000
     locked = lock_versions("proxy.lock")
     for dist in ("litellm", "rich", "certifi", "pydantic"):
@@ -50,7 +50,7 @@ def test_agent_runtime_reports_claude_and_node(images: dict[str, str]) -> None:
     out = run(images["agent-runtime"], timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("claude-code 2.1.330, node v22.")
-    assert inspect(images["agent-runtime"])["Config"]["User"] == "hvt"
+    assert inspect(images["agent-runtime"])["Config"]["User"] == "1000:1000"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def trainer(container_of: Any) -> Any:
 
 
 def test_runs_as_non_root_hvt(trainer: Any, images: dict[str, str]) -> None:
-    assert inspect(images["trainer"])["Config"]["User"] == "hvt"
+    assert inspect(images["trainer"])["Config"]["User"] == "1000:1000"
     user = trainer.user()
     assert (user.name, user.uid, user.gid) == ("hvt", 1000, 1000)
     assert trainer.run("id -u").stdout.strip() == "1000"
