@@ -1,0 +1,190 @@
+"""docker_tls on real systemd hosts: a TLS-only sandbox daemon and a trainer with client certs.
+
+Converges the Molecule scenario ansible/molecule/docker_tls twice (the second run must change
+nothing), then checks the daemon from outside through its loopback-published port: the issued
+client certificate works (docker info, and a container runs); no certificate, a self-signed one
+and one from another CA are refused; nothing answers on 2375; the firewall admits only the
+trainer.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import testinfra
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tests.ansible.conftest import converged
+from tests.ansible.docker_host import docker, published_port, remove_containers
+from tests.ansible.molecule_runner import Scenario
+from tests.ansible.tls_material import (
+    ClientCert,
+    other_ca_client,
+    ping,
+    plain_http_answer,
+    self_signed_client,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("hosts_available")]
+
+SANDBOX = "hvt-ans-sandbox"
+TRAINER = "hvt-ans-trainer"
+OUTSIDER = "hvt-ans-outsider"
+NETWORK = "hvt-ans-tls-net"
+CERT_DIR = "/etc/verl-swe-rl/docker-tls"
+TEST_IMAGE = "local/debian:bookworm"
+
+
+@pytest.fixture(scope="module")
+def scenario(molecule_logs: Path, say: Callable[[str], None]) -> Iterator[Scenario]:
+    yield from converged("docker_tls", molecule_logs, say)
+
+
+@pytest.fixture(scope="module")
+def sandbox(scenario: Scenario) -> testinfra.host.Host:
+    return testinfra.get_host(f"docker://{SANDBOX}")
+
+
+@pytest.fixture(scope="module")
+def trainer(scenario: Scenario) -> testinfra.host.Host:
+    return testinfra.get_host(f"docker://{TRAINER}")
+
+
+@pytest.fixture(scope="module")
+def client_bundle(trainer: testinfra.host.Host, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The client files the role installed on the trainer, copied out for the outside checks."""
+    out = tmp_path_factory.mktemp("client-certs")
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (out / name).write_text(trainer.file(f"{CERT_DIR}/{name}").content_string)
+    (out / "key.pem").chmod(0o600)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tls_port(scenario: Scenario) -> int:
+    return published_port(SANDBOX, 2376)
+
+
+def remote_docker(bundle: Path, port: int, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "--tlsverify", f"--tlscacert={bundle / 'ca.pem'}", f"--tlscert={bundle / 'cert.pem'}",
+         f"--tlskey={bundle / 'key.pem'}", "-H", f"tcp://127.0.0.1:{port}", *args],
+        capture_output=True, text=True, timeout=300, check=False, **kw,
+    )  # type: ignore[call-overload]
+
+
+def test_second_converge_changes_nothing(scenario: Scenario) -> None:
+    scenario.run("idempotence")
+
+
+def test_molecule_verify(scenario: Scenario) -> None:
+    scenario.run("verify")
+
+
+def test_daemon_runs_tls_only_on_2376(sandbox: testinfra.host.Host) -> None:
+    assert sandbox.service("docker").is_running
+    assert sandbox.socket("tcp://0.0.0.0:2376").is_listening
+    listening = sandbox.run("ss -Hltn").stdout
+    assert ":2375 " not in listening, listening
+    daemon = sandbox.file("/etc/docker/daemon.json").content_string
+    assert '"tlsverify": true' in daemon and '"hosts"' not in daemon, daemon
+    dropin = sandbox.file("/etc/systemd/system/docker.service.d/10-verl-swe-rl-tls.conf").content_string
+    assert "-H tcp://0.0.0.0:2376" in dropin and "2375" not in dropin, dropin
+
+
+def test_key_and_certificate_files(sandbox: testinfra.host.Host, trainer: testinfra.host.Host) -> None:
+    server_key = sandbox.file("/etc/docker/tls/server-key.pem")
+    assert (server_key.mode, server_key.user) == (0o400, "root")
+    assert sandbox.file("/etc/docker/tls").mode == 0o750
+    client_key = trainer.file(f"{CERT_DIR}/key.pem")
+    assert client_key.mode == 0o600
+    assert (client_key.uid, client_key.gid) == (1000, 1000)  # the trainer image's hvt user
+    for name in ("ca.pem", "cert.pem"):
+        assert trainer.file(f"{CERT_DIR}/{name}").mode == 0o444
+    # the CA key never leaves the control node
+    assert not sandbox.run("grep -rl 'PRIVATE KEY' /etc/docker/tls --exclude=server-key.pem").stdout
+    assert not trainer.run(f"grep -rl 'PRIVATE KEY' {CERT_DIR} --exclude=key.pem").stdout
+
+
+def test_server_certificate_names_and_usage(sandbox: testinfra.host.Host) -> None:
+    cert = x509.load_pem_x509_certificate(sandbox.file("/etc/docker/tls/server-cert.pem").content)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = set(sans.get_values_for_type(x509.DNSName))
+    ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    assert {SANDBOX, "hvt-ans-sandbox.hvt-ans-tls-net", "localhost"} <= dns, dns
+    assert {"127.0.0.1", sandbox.interface("eth0").addresses[0]} <= ips, ips
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_docker_info_over_tls_with_the_issued_certificate(client_bundle: Path, tls_port: int) -> None:
+    proc = remote_docker(client_bundle, tls_port, "info", "--format", "{{.Name}} {{.Driver}}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{SANDBOX} vfs"
+
+
+def test_trainer_reaches_the_daemon_by_name(trainer: testinfra.host.Host) -> None:
+    out = trainer.run(
+        f"DOCKER_HOST=tcp://{SANDBOX}:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={CERT_DIR} "
+        "docker version --format '{{.Server.Version}}'"
+    )
+    assert out.rc == 0 and out.stdout.strip(), out.stderr
+
+
+def test_issued_certificate_passes_the_probe(client_bundle: Path, tls_port: int) -> None:
+    # the same probe as the refusals below, so those fail for the certificate, not the probe
+    issued = ClientCert(client_bundle / "cert.pem", client_bundle / "key.pem")
+    assert ping("127.0.0.1", tls_port, client_bundle / "ca.pem", issued) == "OK"
+
+
+@pytest.mark.parametrize("kind", ["none", "self-signed", "other-ca"])
+def test_daemon_refuses_other_clients(
+    kind: str, client_bundle: Path, tls_port: int, tmp_path: Path
+) -> None:
+    client = {"none": None, "self-signed": self_signed_client(tmp_path),
+              "other-ca": other_ca_client(tmp_path)}[kind]
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        ping("127.0.0.1", tls_port, client_bundle / "ca.pem", client)
+    if client is not None:  # and the docker CLI is refused too
+        bundle = tmp_path / "bundle"
+        bundle.mkdir()
+        (bundle / "ca.pem").write_bytes((client_bundle / "ca.pem").read_bytes())
+        (bundle / "cert.pem").write_bytes(client.cert.read_bytes())
+        (bundle / "key.pem").write_bytes(client.key.read_bytes())
+        proc = remote_docker(bundle, tls_port, "info")
+        assert proc.returncode != 0 and "certificate" in proc.stderr.lower(), proc.stderr
+
+
+def test_nothing_answers_on_2375(scenario: Scenario) -> None:
+    # 2375 is published on loopback as a probe: docker-proxy accepts, the host has no listener
+    port = published_port(SANDBOX, 2375)
+    assert plain_http_answer("127.0.0.1", port) == b""
+
+
+def test_firewall_admits_only_the_trainer(trainer: testinfra.host.Host) -> None:
+    probe = "timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port}' && echo open || echo closed"
+    assert trainer.run(probe.format(host=SANDBOX, port=2376)).stdout.strip() == "open"
+    remove_containers(OUTSIDER)
+    try:
+        out = docker(
+            "run", "--rm", "--name", OUTSIDER, "--network", NETWORK, TEST_IMAGE,
+            "bash", "-c", probe.format(host=SANDBOX, port=2376), timeout=60,
+        )
+        assert out.strip() == "closed"
+    finally:
+        remove_containers(OUTSIDER)
+
+
+def test_container_runs_on_the_remote_daemon(client_bundle: Path, tls_port: int) -> None:
+    save = subprocess.Popen(["docker", "save", TEST_IMAGE], stdout=subprocess.PIPE)
+    load = remote_docker(client_bundle, tls_port, "load", stdin=save.stdout)
+    assert save.wait(timeout=300) == 0
+    assert load.returncode == 0, load.stderr
+    run = remote_docker(client_bundle, tls_port, "run", "--rm", TEST_IMAGE, "echo", "sandbox-ok")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "sandbox-ok"
