@@ -22,7 +22,7 @@ PROGRESS     ?= plain
 LOCK_FLAGS   := --generate-hashes --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
                 --index-url https://pypi.org/simple --custom-compile-command 'make lock' -q
 
-.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv
+.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv env secrets up down
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -43,7 +43,7 @@ $(PROXY_VENV)/bin/litellm: pyproject.toml $(wildcard locks/proxy.lock) | $(PY)
 	$(if $(wildcard locks/proxy.lock),\
 	  $(VENV)/bin/uv pip install --python $(PROXY_VENV)/bin/python -q --require-hashes --no-deps -r locks/proxy.lock,\
 	  printf 'certifi==2026.10.18\n' > $(PROXY_VENV)/overrides.txt && \
-	  $(VENV)/bin/uv pip install --python $(PROXY_VENV)/bin/python -q 'litellm[proxy]==1.108.7' \
+	  $(VENV)/bin/uv pip install --python $(PROXY_VENV)/bin/python -q 'litellm[proxy]==1.108.7' hatchling \
 	    'rich==13.9.4' --override $(PROXY_VENV)/overrides.txt)
 	$(VENV)/bin/uv pip install --python $(PROXY_VENV)/bin/python -q --no-deps --no-build-isolation -e .
 	@touch $@
@@ -94,3 +94,27 @@ image: ## build the trainer, proxy and agent-runtime images (tags: latest and th
 
 verify-venv: ## prove the trainer image runs the code in /workspace/repos (editable, locked, pip check)
 	docker run --rm $(IMAGE_PREFIX)/trainer:latest verify-venv
+
+# ---- the stack (compose.yaml) ---------------------------------------------------------------
+HVT_UID ?= 1000
+
+env: ## write .env from .env.example with this host's values (keeps an existing .env)
+	@if [ -f .env ]; then echo ".env exists: kept (delete it to regenerate)"; else \
+	  sed -e "s|^HVT_DATA_DIR=.*|HVT_DATA_DIR=$(CURDIR)/data|" \
+	      -e "s|^DOCKER_GID=.*|DOCKER_GID=$$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 999)|" \
+	      .env.example > .env && echo "wrote .env (edit MODELS_DIR and DATASETS_DIR)"; fi
+	@. ./.env && mkdir -p "$$HVT_DATA_DIR" && chown $(HVT_UID):$(HVT_UID) "$$HVT_DATA_DIR" 2>/dev/null || true
+
+secrets: ## create secrets/ (LiteLLM master key; empty wandb key) readable by the containers' user only
+	@umask 077; mkdir -p secrets/docker-tls secrets/kube
+	@test -s secrets/litellm_master_key || { printf 'sk-hvt-%s' "$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > secrets/litellm_master_key; echo "created secrets/litellm_master_key"; }
+	@test -f secrets/wandb_api_key || { : > secrets/wandb_api_key; echo "created an empty secrets/wandb_api_key (put your key there for wandb online)"; }
+	@chown -R $(HVT_UID):$(HVT_UID) secrets 2>/dev/null || true
+	@chmod 0400 secrets/litellm_master_key secrets/wandb_api_key
+
+up: env secrets ## docker compose up -d (the GPU stack), then follow the trainer's log
+	docker compose up -d
+	docker compose logs -f trainer
+
+down: ## docker compose down (checkpoints, logs and trials stay in HVT_DATA_DIR)
+	docker compose --profile wandb --profile dashboard down
