@@ -1,0 +1,138 @@
+"""compose.yaml and compose.cpu.yaml, as Docker Compose itself resolves them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="needs the docker CLI with the compose plugin (make testbed)",
+)
+ENV = {
+    "HVT_DATA_DIR": "/srv/hvt/data",
+    "MODELS_DIR": "/mnt/models",
+    "DATASETS_DIR": "/mnt/ds",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+}
+
+
+def _config(
+    *files: str, env: dict[str, str] | None = None, profiles: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    cmd = ["docker", "compose", "--project-directory", str(ROOT)]
+    for f in files:
+        cmd += ["-f", str(ROOT / f)]
+    for p in profiles:
+        cmd += ["--profile", p]
+    out = subprocess.run(
+        [*cmd, "config", "--format", "json"],
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_gpu_stack() -> None:
+    cfg = _config("compose.yaml")
+    services = cfg["services"]
+    assert set(services) == {"trainer", "litellm"}, "profiles keep wandb-sync and dashboard out"
+    trainer = services["trainer"]
+    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert trainer["ipc"] == "host"
+    assert trainer["ulimits"]["memlock"] == -1
+    assert trainer["command"][0] == "launch"
+    assert {s["source"] for s in trainer["secrets"]} == {"litellm_master_key", "wandb_api_key"}
+    # the run directory at the same absolute path, so sandboxes can bind-mount trial dirs
+    assert any(v["source"] == v["target"] == "/srv/hvt/data" for v in trainer["volumes"])
+    ray = trainer["ports"][0]
+    assert ray["host_ip"] == "127.0.0.1" and ray["target"] == 8265
+    litellm = services["litellm"]
+    assert litellm["ports"][0]["published"] == "8002"
+    assert litellm["depends_on"]["trainer"]["condition"] == "service_started"
+    assert "/health/liveliness" in " ".join(litellm["healthcheck"]["test"])
+    assert {s["source"] for s in litellm["secrets"]} == {"litellm_master_key"}
+
+
+def test_no_secret_values_in_compose() -> None:
+    text = (ROOT / "compose.yaml").read_text() + (ROOT / "compose.cpu.yaml").read_text()
+    cfg = _config("compose.yaml")
+    for name, svc in cfg["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            if any(w in key for w in ("KEY", "TOKEN", "PASSWORD", "SECRET")):
+                assert key.endswith("_FILE"), f"{name}: {key} carries a secret value"
+                assert str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
+    assert "sk-" not in text
+
+
+def test_profiles_add_wandb_and_dashboard() -> None:
+    services = _config("compose.yaml", profiles=("wandb", "dashboard"))["services"]
+    assert services["wandb-sync"]["command"][0] == "wandb-sync"
+    assert services["wandb-sync"]["stop_grace_period"] == "2m0s"
+    dash = services["dashboard"]["ports"][0]
+    assert dash["host_ip"] == "127.0.0.1" and dash["target"] == 6006
+
+
+def test_cpu_mode_drops_the_gpu_and_runs_the_smoke() -> None:
+    services = _config("compose.yaml", "compose.cpu.yaml")["services"]
+    trainer = services["trainer"]
+    assert "deploy" not in trainer or not trainer["deploy"].get("resources")
+    assert trainer["command"] == [
+        "launch",
+        "--cpu-smoke",
+        "--config",
+        "/workspace/config/smoke.yaml",
+    ]
+    assert trainer["depends_on"]["sandbox-tls"]["condition"] == "service_healthy"
+    tls = services["sandbox-tls"]
+    assert "--tlsverify" in tls["command"] and "-H=tcp://0.0.0.0:2376" in tls["command"]
+    assert not tls.get("ports"), "the TLS daemon is reached on the compose network only"
+    assert services["smoke-certs"]["user"] == "0:0"
+
+
+def test_missing_data_dir_names_the_variable() -> None:
+    env = {k: v for k, v in ENV.items() if k != "HVT_DATA_DIR"}
+    out = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(ROOT / "compose.yaml"),
+            "config",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "HVT_DATA_DIR" in out.stderr and "make env" in out.stderr
+
+
+def test_env_example_covers_every_variable(tmp_path: Path) -> None:
+    import re
+
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "compose.yaml").read_text()))
+    documented = {
+        ln.split("=", 1)[0]
+        for ln in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in ln and not ln.startswith("#")
+    }
+    missing = used - documented - {"DOCKER_SOCK"}
+    assert not missing, f".env.example lacks {sorted(missing)}"
