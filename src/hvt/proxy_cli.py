@@ -20,13 +20,14 @@ def _say(message: str) -> None:
     err.print(f"[hvt proxy] {message}", markup=False)
 
 
-def _port_from_config(config: Path) -> int:
+def _served_name_from_config(config: Path) -> str:
     from hvt.config_load import load
     from hvt.problems import ConfigError
 
     try:
-        return load(config).inputs.infrastructure.litellm_port
+        return load(config).inputs.model.served_model_name
     except ConfigError as exc:
+        err.print(f"[red][hvt proxy] {exc.source}: {len(exc.problems)} problem(s)[/]")
         for problem in exc.problems:
             err.print(problem.render(), markup=False)
         raise typer.Exit(2) from None
@@ -42,9 +43,12 @@ def proxy_cmd(
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="run profile; its infrastructure.litellm_port is the port")
+        Path | None,
+        typer.Option(help="run profile: refuse a LiteLLM config without model.served_model_name"),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="listen port (default 8002)")] = None,
+    port: Annotated[
+        int, typer.Option(help="listen port (in compose: 8002, published as litellm_port)")
+    ] = 8002,
     host: Annotated[str, typer.Option(help="listen address")] = "0.0.0.0",
     trials_root: Annotated[
         Path | None,
@@ -53,17 +57,22 @@ def proxy_cmd(
     wait_timeout: Annotated[
         float, typer.Option(help="seconds to wait for the LiteLLM config; 0 waits forever")
     ] = 0.0,
+    workers: Annotated[
+        int, typer.Option(min=1, help="LiteLLM worker processes (about 40 req/s per core)")
+    ] = 1,
     ssl_certfile: Annotated[Path | None, typer.Option(help="serve TLS with this cert")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="... and this key")] = None,
 ) -> None:
     """Wait for the LiteLLM config, run LiteLLM with the master key, restart it on change."""
-    listen_port = port or (_port_from_config(config) if config is not None else None) or 8002
+    served = _served_name_from_config(config) if config is not None else None
     options = ProxyOptions(
         config=litellm_config_path or litellm_config.default_path(),
         host=host,
-        port=listen_port,
+        port=port,
+        served_model_name=served,
         trials_root=trials_root,
         wait_timeout_s=wait_timeout,
+        workers=workers,
         ssl_certfile=ssl_certfile or _env_path("HVT_PROXY_TLS_CERT"),
         ssl_keyfile=ssl_keyfile or _env_path("HVT_PROXY_TLS_KEY"),
     )

@@ -73,8 +73,12 @@ def resolve_master_key(env: Mapping[str, str]) -> str:
     return key
 
 
-def check_config(path: Path) -> tuple[str, int]:
-    """(sha256 of the content, number of deployments); ProxyError if unusable."""
+def check_config(path: Path, served_model_name: str | None = None) -> tuple[str, int]:
+    """(sha256 of the content, number of deployments); ProxyError if unusable.
+
+    With `served_model_name`, a file that does not serve that name (left over from a run with
+    another model) is unusable too.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -86,6 +90,13 @@ def check_config(path: Path) -> tuple[str, int]:
     models = parsed.get("model_list") if isinstance(parsed, dict) else None
     if not isinstance(models, list) or not models:
         raise ProxyError(f"{path}: model_list is missing or empty (run `hvt litellm-config`)")
+    if served_model_name is not None:
+        names = {m.get("model_name") for m in models if isinstance(m, dict)}
+        if served_model_name not in names:
+            raise ProxyError(
+                f"{path} serves {sorted(map(str, names))} but model.served_model_name is "
+                f"{served_model_name!r}: a file from another run? `hvt litellm-config` rewrites it"
+            )
     return hashlib.sha256(data).hexdigest(), len(models)
 
 
@@ -106,6 +117,7 @@ def wait_for_config(
     say: Callable[[str], None],
     stop: threading.Event,
     progress_every_s: float = 30.0,
+    served_model_name: str | None = None,
 ) -> tuple[str, int]:
     start = time.monotonic()
     last_note = -progress_every_s
@@ -113,7 +125,7 @@ def wait_for_config(
     while not stop.is_set():
         if path.exists():
             try:
-                return check_config(path)
+                return check_config(path, served_model_name)
             except ProxyError as exc:
                 last_error = str(exc)
         elapsed = time.monotonic() - start
@@ -150,6 +162,8 @@ class ProxyOptions:
     trials_root: Path | None = None
     wait_timeout_s: float = 0.0
     poll_s: float = 1.0
+    workers: int = 1
+    served_model_name: str | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     extra_args: list[str] = field(default_factory=list)
@@ -210,7 +224,7 @@ class Supervisor:
             "--port",
             str(self.options.port),
             "--num_workers",
-            "1",
+            str(self.options.workers),
         ]
         if self.options.ssl_certfile and self.options.ssl_keyfile:
             cmd += [
@@ -272,7 +286,12 @@ class Supervisor:
         opts = self.options
         check_no_shadowing(opts.config)
         digest, count = wait_for_config(
-            opts.config, opts.wait_timeout_s, max(opts.poll_s, 1.0), self.say, self.stop_event
+            opts.config,
+            opts.wait_timeout_s,
+            max(opts.poll_s, 1.0),
+            self.say,
+            self.stop_event,
+            served_model_name=opts.served_model_name,
         )
         crashes: list[float] = []
         self.say(f"LiteLLM config {opts.config}: {count} deployments")
@@ -323,7 +342,7 @@ class Supervisor:
         if current in (digest, self._rejected):
             return None
         try:
-            return check_config(self.options.config)
+            return check_config(self.options.config, self.options.served_model_name)
         except ProxyError as exc:
             self._rejected = current
             self.say(f"ignoring the changed config: {exc}; LiteLLM keeps the previous one")

@@ -67,6 +67,7 @@ class FakeVllm:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/tokenize", self.tokenize)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/stats", self.stats)
@@ -77,6 +78,16 @@ class FakeVllm:
 
     async def stats(self, _: web.Request) -> web.Response:
         return web.json_response({"replica": self.replica, "counts": dict(self.counts)})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's chat /tokenize: the prompt ids the same messages get in chat completions."""
+        body = await request.json()
+        self.counts["tokenize"] += 1
+        messages = body.get("messages") or []
+        ids = token_ids_for(" ".join(_flatten(m.get("content")) for m in messages))
+        return web.json_response(
+            {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
+        )
 
     async def models(self, _: web.Request) -> web.Response:
         self.counts["models"] += 1

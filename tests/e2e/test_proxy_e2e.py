@@ -28,6 +28,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import proxy_fake_vllm  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 PROXY_VENV = Path(os.environ.get("HVT_PROXY_VENV", ROOT / ".venv-proxy"))
 MASTER_KEY = "sk-hvt-e2e-" + os.urandom(8).hex()
@@ -326,7 +329,12 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
             choice = rec["tokens"]["choices"][0]
             assert choice["token_ids"] and len(choice["logprobs"]) == len(choice["token_ids"])
             assert MASTER_KEY not in json.dumps(rec)
-        assert all(r["tokens"]["prompt_token_ids"] for r in chat_recs + msg_recs)
+        for rec in chat_recs + msg_recs:
+            assert rec["tokens"]["prompt_token_ids"]
+            assert rec["tokens"]["prompt_token_ids_source"] == "response"
+        for rec in stream_recs:  # LiteLLM drops them from streams: vLLM's /tokenize fills in
+            assert rec["tokens"]["prompt_token_ids_source"] == "vllm-tokenize"
+            assert rec["tokens"]["prompt_token_ids"] == proxy_fake_vllm.token_ids_for("hi")
         assert {r["deployment"]["api_base"] for r in chat_recs + msg_recs + stream_recs} == bases
         first = msg_recs[0]["request"]
         assert first["format"] == "anthropic"

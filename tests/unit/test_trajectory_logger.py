@@ -148,7 +148,7 @@ def _hammer(root: str, worker: int, count: int) -> None:
 
 def test_concurrent_appends_from_threads_and_processes_stay_whole_lines(root: Path) -> None:
     procs = [
-        multiprocessing.get_context("fork").Process(target=_hammer, args=(str(root), w, 150))
+        multiprocessing.get_context("spawn").Process(target=_hammer, args=(str(root), w, 150))
         for w in range(3)
     ]
     for p in procs:
