@@ -151,7 +151,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         wait_until(gcs_up, 90, "Ray head", proc)
         yield RayCluster(address, env)
     finally:
-        kill_group(proc)
+        kill_group(proc, grace_s=4.0)  # `ray start --block` takes its time; its group goes anyway
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
