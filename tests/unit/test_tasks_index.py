@@ -29,16 +29,17 @@ def test_index_writes_the_rows_verl_reads(tasks: Path, tmp_path: Path) -> None:
     out = tmp_path / "idx" / "train.parquet"
     result = runner.invoke(app, ["tasks", "index", str(tasks), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "2 train task(s)" in result.output
+    assert "4 train task(s)" in result.output
     table = pq.read_table(out).to_pylist()
-    assert [r["extra_info"]["instance_id"] for r in table] == ["write-answer", "wrong-answer"]
-    first = table[0]
+    names = [r["extra_info"]["instance_id"] for r in table]
+    assert names == ["check-runtime", "slow-answer", "write-answer", "wrong-answer"]
+    first = table[2]
     assert first["agent_name"] == "harbor_claude_code"
     assert first["prompt"] == [
         {"role": "user", "content": (tasks / "write-answer" / "instruction.md").read_text()}
     ]
     assert first["extra_info"] == {
-        "index": 0,
+        "index": 2,
         "instance_id": "write-answer",
         "harbor_task_path": str((tasks / "write-answer").resolve()),
         "split": "train",

@@ -1,0 +1,1 @@
+"""Harbor sandbox environments: remote Docker over mutual TLS and Kubernetes pods."""

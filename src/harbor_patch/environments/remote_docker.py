@@ -1,0 +1,188 @@
+"""Harbor sandboxes on a remote Docker daemon (tcp:// with mutual TLS), or any daemon whose
+disk is not this machine's.
+
+`harbor_patch.environments.remote_docker:RemoteDockerEnvironment` is Harbor's DockerEnvironment
+(the docker CLI and docker compose, run as subprocesses) with four changes:
+
+* every docker / docker compose command carries `--host/--tlsverify/--tlscacert/...` for the
+  daemon from the kwargs `docker_host`, `docker_cert_path` (else DOCKER_HOST, DOCKER_TLS_VERIFY,
+  DOCKER_CERT_PATH); plain tcp is refused unless `allow_insecure=True` (test networks only);
+* nothing is bind-mounted from this machine: the environment reports `mounted=False`, so Harbor
+  copies the agent and verifier logs back with `docker compose cp` after each phase;
+* the agent runtime image is staged once per daemon into a named volume (agent_runtime.py) and
+  mounted read-only into `main` at `agent_runtime_mount_path`;
+* every container and the project network carry `harbor-run=<pod_name_prefix>` and owner
+  labels (compose_overlay.py). CPU and memory limits are Harbor's (`override_cpus`,
+  `override_memory_mb`, else the task's), applied as compose `cpus` / `mem_limit`.
+
+Environment kwargs (TrialConfig.environment.kwargs): docker_host, docker_cert_path,
+docker_tls_verify, allow_insecure, agent_runtime_image, agent_runtime_mount_path,
+agent_runtime_image_subpath, pod_name_prefix, runtime_staging_timeout_sec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, override
+
+from harbor.environments.capabilities import EnvironmentCapabilities
+from harbor.environments.docker.docker import DockerEnvironment
+from harbor.environments.docker.runtime import ContainerRuntime
+
+from harbor_patch import labels as sandbox_labels
+from harbor_patch.environments import agent_runtime, compose_overlay
+from harbor_patch.environments.docker_daemon import DaemonConfigError, DockerDaemon
+
+OVERLAY_NAME = "docker-compose-hvt.json"
+
+
+class RemoteDockerEnvironment(DockerEnvironment):
+    _daemon: ClassVar[DockerDaemon | None] = None
+    _bound: ClassVar[dict[tuple[type, DockerDaemon], type]] = {}
+
+    def __init__(
+        self,
+        *args: Any,
+        docker_host: str | None = None,
+        docker_cert_path: str | None = None,
+        docker_tls_verify: bool | None = None,
+        allow_insecure: bool = False,
+        agent_runtime_image: str | None = None,
+        agent_runtime_mount_path: str = agent_runtime.DEFAULT_MOUNT_PATH,
+        agent_runtime_image_subpath: str = agent_runtime.DEFAULT_IMAGE_SUBPATH,
+        pod_name_prefix: str | None = None,
+        runtime_staging_timeout_sec: float = 900.0,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            daemon = DockerDaemon.resolve(
+                docker_host, docker_cert_path, docker_tls_verify, allow_insecure
+            )
+        except DaemonConfigError as exc:
+            raise ValueError(str(exc)) from None
+        # The docker CLI flags live on the class (Harbor calls the engine through classmethods),
+        # so each daemon gets its own subclass; isinstance checks and names are unchanged.
+        self.__class__ = type(self)._for_daemon(daemon)
+        self._runtime_image = agent_runtime_image or None
+        self._runtime_mount_path = agent_runtime_mount_path
+        self._runtime_subpath = agent_runtime_image_subpath
+        self._staging_timeout = runtime_staging_timeout_sec
+        self._run_prefix = sandbox_labels.resolve_prefix(pod_name_prefix)
+        self._overlay_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._overlay_path: Path | None = None
+        self.staged_runtime: agent_runtime.StagedRuntime | None = None
+        kwargs.pop("auto_mounting", None)  # nothing here can be bind-mounted from this host
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def _for_daemon(cls, daemon: DockerDaemon) -> type:
+        if cls._daemon is not None:  # already bound
+            return cls
+        key = (cls, daemon)
+        if key not in cls._bound:
+            flags = daemon.cli_flags()
+            runtime = ContainerRuntime(
+                engine=("docker", *flags), compose=("docker", *flags, "compose")
+            )
+
+            def _runtime(_cls: type) -> ContainerRuntime:
+                return runtime
+
+            cls._bound[key] = type(
+                cls.__name__,
+                (cls,),
+                {
+                    "_daemon": daemon,
+                    "runtime": classmethod(_runtime),
+                    "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__,
+                },
+            )
+        return cls._bound[key]
+
+    @property
+    def daemon(self) -> DockerDaemon:
+        assert self._daemon is not None
+        return self._daemon
+
+    @classmethod
+    @override
+    def preflight(cls) -> None:
+        if not shutil.which("docker"):
+            raise SystemExit("the docker CLI is not on PATH (the trainer image ships it)")
+        try:
+            daemon = cls._daemon or DockerDaemon.resolve()
+        except DaemonConfigError as exc:
+            raise SystemExit(str(exc)) from None
+        result = subprocess.run(
+            ["docker", *daemon.cli_flags(), "compose", "version"],
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SystemExit("docker compose v2 is missing (install the compose CLI plugin)")
+        result = subprocess.run(
+            ["docker", *daemon.cli_flags(), "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SystemExit(
+                f"cannot reach the Docker daemon {daemon.display}: "
+                f"{result.stderr.decode(errors='replace').strip()[:500]}"
+            )
+
+    @property
+    @override
+    def capabilities(self) -> EnvironmentCapabilities:
+        # No bind mounts of this machine's paths and no SSH stream (its port would be remote).
+        return super().capabilities.model_copy(update={"mounted": False, "stream": False})
+
+    @property
+    @override
+    def _docker_compose_paths(self) -> list[Path]:
+        paths = super()._docker_compose_paths
+        if self._overlay_path is not None:
+            paths.append(self._overlay_path)
+        return paths
+
+    @override
+    async def start(self, force_build: bool) -> None:
+        volume = None
+        if self._runtime_image:
+            self.staged_runtime = await asyncio.to_thread(
+                agent_runtime.ensure_runtime_volume,
+                self.daemon,
+                self._runtime_image,
+                self._runtime_subpath,
+                timeout_sec=self._staging_timeout,
+                progress=self.logger.info,
+            )
+            volume = self.staged_runtime.volume
+        spec = compose_overlay.overlay(
+            sandbox_labels.sandbox_labels(self._run_prefix, self.session_id),
+            compose_overlay.service_names(self._user_compose_paths()),
+            runtime_volume=volume,
+            runtime_mount_path=self._runtime_mount_path,
+        )
+        self._overlay_dir = tempfile.TemporaryDirectory(prefix="hvt-compose-")
+        self._overlay_path = compose_overlay.write(
+            Path(self._overlay_dir.name) / OVERLAY_NAME, spec
+        )
+        await super().start(force_build)
+
+    @override
+    async def stop(self, delete: bool) -> None:
+        try:
+            await super().stop(delete)
+        finally:
+            if self._overlay_dir is not None:
+                self._overlay_dir.cleanup()
+                self._overlay_dir = None
+                self._overlay_path = None
