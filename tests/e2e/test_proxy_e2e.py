@@ -134,6 +134,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
             "--include-dashboard=false",
             f"--dashboard-agent-listen-port={free_port_outside_ray_worker_range()}",
+            f"--dashboard-port={free_port_outside_ray_worker_range()}",
             "--disable-usage-stats", f"--temp-dir={temp}",
         ],
         env=env,
