@@ -1,0 +1,144 @@
+"""claude-code from the mounted agent runtime, talking only to the LiteLLM proxy.
+
+`harbor_patch.agents.image_mounted_claude_code:ClaudeCode` is Harbor's claude-code agent with:
+
+* no installation in the sandbox: the runtime (Node.js + claude-code) is mounted read-only at
+  `runtime_root` (default /opt/custom-agent-runtime/claude-code; RemoteDockerEnvironment and
+  KubernetesEnvironment mount it, and set CUSTOM_AGENT_RUNTIME_ROOT). If it is missing the
+  trial fails at agent setup with a message saying so, unless `allow_network_install=True`
+  lets Harbor's own installer (which needs internet in the sandbox) run instead;
+* the proxy environment of `proxy_env.agent_env`: base URL, master key, every model name, the
+  trial routing header, quiet mode;
+* `max_turns` (claude-code --max-turns) from runtime_info.input.harbor_agent.max_iterations.
+
+Agent kwargs (TrialConfig.agent.kwargs): max_turns, runtime_root, proxy_url (else
+HVT_PROXY_URL), temperature (sent as x-harbor-temperature for the proxy), master_key_env,
+allow_network_install. The model name is the served policy name (model.served_model_name).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any, override
+
+from harbor.agents.installed.claude_code import ClaudeCode as HarborClaudeCode
+from harbor.environments.base import BaseEnvironment
+
+from harbor_patch.agents import proxy_env
+from harbor_patch.environments.agent_runtime import DEFAULT_MOUNT_PATH
+
+HOME_PATH_EXPORT = 'export PATH="$HOME/.local/bin:$PATH"; '
+
+
+class RuntimeNotMountedError(RuntimeError):
+    pass
+
+
+class ClaudeCode(HarborClaudeCode):
+    def __init__(
+        self,
+        logs_dir: Path,
+        *args: Any,
+        runtime_root: str = DEFAULT_MOUNT_PATH,
+        proxy_url: str | None = None,
+        temperature: float | None = None,
+        master_key_env: str = proxy_env.MASTER_KEY_ENV,
+        allow_network_install: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not runtime_root.startswith("/"):
+            raise ValueError(f"runtime_root must be an absolute path, got {runtime_root!r}")
+        self.runtime_root = runtime_root.rstrip("/")
+        self._proxy_url = proxy_url
+        self._temperature = temperature
+        self._master_key_env = master_key_env
+        self._allow_network_install = allow_network_install
+        self.using_mounted_runtime = False
+        super().__init__(logs_dir, *args, **kwargs)
+
+    @staticmethod
+    @override
+    def name() -> str:
+        return "claude-code"
+
+    # -- the runtime -----------------------------------------------------------------------
+
+    @property
+    def _runtime_bin(self) -> str:
+        return f"{self.runtime_root}/bin"
+
+    @override
+    def get_version_command(self) -> str | None:
+        return f"{shlex.quote(self._runtime_bin)}/claude --version"
+
+    @override
+    async def install(self, environment: BaseEnvironment) -> None:
+        claude = shlex.quote(f"{self._runtime_bin}/claude")
+        result = await environment.exec(command=f"test -x {claude} && {claude} --version")
+        if result.return_code == 0:
+            self.using_mounted_runtime = True
+            version = self.parse_version(result.stdout or "")
+            if self._version is not None and version != self._version:
+                raise RuntimeNotMountedError(
+                    f"the mounted claude-code is {version}, the agent config asks for "
+                    f"{self._version}; rebuild the agent-runtime image or drop the version pin"
+                )
+            self._version = version
+            return
+        if self._allow_network_install:
+            self.logger.warning(
+                "no agent runtime at %s; installing claude-code in the sandbox (needs internet)",
+                self.runtime_root,
+            )
+            await super().install(environment)
+            return
+        detail = (result.stdout or result.stderr or "").strip()[-300:]
+        raise RuntimeNotMountedError(
+            f"claude-code is not mounted at {self.runtime_root} in the sandbox "
+            f"({detail or 'not found'}); "
+            "use harbor_patch.environments.remote_docker:RemoteDockerEnvironment or "
+            "harbor_patch.environments.kubernetes:KubernetesEnvironment with "
+            "harbor_agent.runtime_image set (make image builds verl-swe-rl/agent-runtime)"
+        )
+
+    @override
+    async def _exec(
+        self, environment: BaseEnvironment, command: str, *args: Any, **kwargs: Any
+    ) -> Any:
+        if self.using_mounted_runtime:
+            runtime_path = f'export PATH={shlex.quote(self._runtime_bin)}:"$PATH"; '
+            command = runtime_path + command.replace(HOME_PATH_EXPORT, runtime_path)
+        return await super()._exec(environment, command, *args, **kwargs)
+
+    # -- the proxy -------------------------------------------------------------------------
+
+    @override
+    def _resolved_model_name(self) -> str | None:
+        if not self.model_name:
+            return None
+        return (
+            self.model_name.split("/", 1)[1]
+            if self.model_name.startswith("anthropic/")
+            else self.model_name
+        )
+
+    @override
+    def _resolve_auth_env(self) -> dict[str, str]:
+        model = self._resolved_model_name()
+        if not model:
+            raise proxy_env.ProxySettingsError(
+                "no model name for claude-code: set model.served_model_name "
+                "(the agent's model_name)"
+            )
+        return proxy_env.agent_env(
+            base_url=proxy_env.proxy_url(self._proxy_url),
+            api_key=proxy_env.master_key(key_env=self._master_key_env),
+            model=model,
+            route=proxy_env.trial_route(self.logs_dir.parent),
+            temperature=self._temperature,
+        )
+
+    @override
+    def _model_alias_env(self, model: str, *, all_aliases: bool) -> dict[str, str]:
+        return {name: model for name in proxy_env.MODEL_VARS if name != "ANTHROPIC_MODEL"}

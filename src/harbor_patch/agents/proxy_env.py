@@ -1,0 +1,115 @@
+"""The environment claude-code gets inside a sandbox: everything points at the LiteLLM proxy.
+
+* ANTHROPIC_BASE_URL is the proxy (as the sandbox reaches it), ANTHROPIC_API_KEY the proxy's
+  master key, read from the trainer's environment (LITELLM_MASTER_KEY, or the file named by
+  LITELLM_MASTER_KEY_FILE, the compose secret); it is never written into a config file;
+* every model name claude-code may ask for (main, small/fast, the sonnet/opus/haiku/fable
+  defaults, sub-agents) is the served policy, so no call leaves for a model we do not train;
+* ANTHROPIC_CUSTOM_HEADERS carries the trial routing header, so the proxy's trajectory logger
+  appends each call to <trial>/agent/litellm-trajectory.jsonl;
+* non-essential traffic (telemetry, auto-update, error reports) is off: sandboxes have no
+  route to Anthropic, and the attribution header would defeat vLLM's prefix cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from hvt.trajectory_paths import HEADER as TRIAL_HEADER
+from hvt.trajectory_paths import ROOT_ENV as TRIALS_ROOT_ENV
+
+MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
+MASTER_KEY_FILE_ENV = "LITELLM_MASTER_KEY_FILE"
+PROXY_URL_ENV = "HVT_PROXY_URL"
+TEMPERATURE_HEADER = "x-harbor-temperature"
+MODEL_VARS = (
+    "ANTHROPIC_MODEL",
+    "ANTHROPIC_SMALL_FAST_MODEL",
+    "ANTHROPIC_DEFAULT_SONNET_MODEL",
+    "ANTHROPIC_DEFAULT_OPUS_MODEL",
+    "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+    "ANTHROPIC_DEFAULT_FABLE_MODEL",
+    "CLAUDE_CODE_SUBAGENT_MODEL",
+)
+QUIET_VARS = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "CLAUDE_CODE_ATTRIBUTION_HEADER": "0",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
+
+class ProxySettingsError(RuntimeError):
+    """The agent cannot be pointed at the proxy; the message says what to set."""
+
+
+def master_key(environ: Mapping[str, str] | None = None, key_env: str = MASTER_KEY_ENV) -> str:
+    env = os.environ if environ is None else environ
+    if env.get(key_env):
+        return env[key_env]
+    key_file = env.get(MASTER_KEY_FILE_ENV)
+    if key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            raise ProxySettingsError(
+                f"{MASTER_KEY_FILE_ENV}={key_file} cannot be read ({exc.strerror}); mount the "
+                "litellm_master_key compose secret there"
+            ) from None
+        if key:
+            return key
+        raise ProxySettingsError(f"{MASTER_KEY_FILE_ENV}={key_file} is empty")
+    raise ProxySettingsError(
+        f"no LiteLLM master key in the trainer's environment: set {key_env} or "
+        f"{MASTER_KEY_FILE_ENV} (the compose secret litellm_master_key)"
+    )
+
+
+def proxy_url(explicit: str | None, environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    url = (explicit or env.get(PROXY_URL_ENV) or "").strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ProxySettingsError(
+            f"the proxy URL sandboxes use is {url or 'not set'!r}; set {PROXY_URL_ENV} "
+            "(e.g. http://<node0_ip>:8002) or the agent kwarg proxy_url"
+        )
+    return url
+
+
+def trial_route(trial_dir: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The routing header value: the trial dir relative to the trials root when it is under
+    HVT_TRIALS_ROOT, else its absolute path (the proxy accepts both, inside its root)."""
+    env = os.environ if environ is None else environ
+    trial = Path(os.path.abspath(trial_dir))
+    root = env.get(TRIALS_ROOT_ENV)
+    if root:
+        try:
+            return trial.relative_to(os.path.abspath(root)).as_posix()
+        except ValueError:
+            pass
+    return trial.as_posix()
+
+
+def agent_env(
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    route: str,
+    temperature: float | None = None,
+) -> dict[str, str]:
+    headers = [f"{TRIAL_HEADER}: {route}"]
+    if temperature is not None:
+        headers.append(f"{TEMPERATURE_HEADER}: {temperature:g}")
+    env = {
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY": api_key,
+        "ANTHROPIC_AUTH_TOKEN": "",
+        "ANTHROPIC_CUSTOM_HEADERS": "\n".join(headers),
+        **{name: model for name in MODEL_VARS},
+        **QUIET_VARS,
+    }
+    return env
