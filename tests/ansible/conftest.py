@@ -13,12 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.docker_host import docker_ok, image_present, remove_volumes
+from tests.ansible.docker_host import container_exists, docker_ok, image_present, remove_volumes
 from tests.ansible.molecule_runner import Scenario
 
 SYSTEMD_IMAGE = "local/debian-systemd:bookworm"
 SHARED_APT_VOLUME = "hvt-ans-apt-archives"
 
+SCENARIO_HOSTS = {
+    "docker_engine": ["hvt-ans-engine"],
+    "docker_tls": ["hvt-ans-sandbox", "hvt-ans-trainer"],
+    "trainer_stack": ["hvt-ans-stack"],
+    "nvidia_gpu": ["hvt-ans-gpu"],
+}
 SCENARIO_VOLUMES = {
     "docker_engine": ["hvt-ans-engine-docker"],
     "docker_tls": ["hvt-ans-sandbox-docker", "hvt-ans-trainer-docker"],
@@ -73,7 +79,9 @@ def converged(
     scenario = Scenario(name, molecule_logs, say)
     started = time.monotonic()
     try:
-        scenario.run("destroy")
+        # leftovers of an interrupted run are destroyed; otherwise only Molecule's state is reset
+        leftovers = [h for h in SCENARIO_HOSTS.get(name, []) if container_exists(h)]
+        scenario.run("destroy" if leftovers else "reset")
         scenario.run("create")
         scenario.run("converge")
         yield scenario

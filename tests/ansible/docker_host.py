@@ -27,6 +27,10 @@ def image_present(name: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
 
 
+def container_exists(name: str) -> bool:
+    return subprocess.run(["docker", "container", "inspect", name], capture_output=True).returncode == 0
+
+
 def published_port(container: str, port: int) -> int:
     out = docker("port", container, f"{port}/tcp").strip().splitlines()
     for line in out:
