@@ -50,3 +50,14 @@ def filled_config_file(tmp_path: Path) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(filled_config(), sort_keys=False))
     return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A bundle work directory of the test's own: runs, state and Ray temp land here."""
+    wd = tmp_path / "bundle"
+    wd.mkdir()
+    monkeypatch.setenv("HVT_WORKDIR", str(wd))
+    monkeypatch.setenv("HVT_RAY_TEMP_DIR", str(tmp_path / "ray-hvt-test"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return wd

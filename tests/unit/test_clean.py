@@ -16,15 +16,6 @@ from tests.helpers.processes import free_port, listener
 runner = CliRunner()
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    wd = tmp_path / "bundle"
-    wd.mkdir()
-    monkeypatch.setenv("HVT_WORKDIR", str(wd))
-    monkeypatch.setenv("HVT_RAY_TEMP_DIR", str(tmp_path / "ray-hvt-test"))
-    return wd
-
-
 def _config(tmp_path: Path, **overrides: Any) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(filled_config(**overrides)))

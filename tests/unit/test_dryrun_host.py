@@ -18,16 +18,6 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    wd = tmp_path / "bundle"
-    wd.mkdir()
-    monkeypatch.setenv("HVT_WORKDIR", str(wd))
-    monkeypatch.setenv("HVT_RAY_TEMP_DIR", str(tmp_path / "ray-hvt-test"))
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    return wd
-
-
-@pytest.fixture
 def inputs(tmp_path: Path) -> dict[str, Any]:
     model = tmp_path / "model"
     model.mkdir()
