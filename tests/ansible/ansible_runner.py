@@ -1,0 +1,24 @@
+"""Run ansible-playbook / ansible-galaxy from the venv against the control node itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.ansible.molecule_runner import ANSIBLE_DIR, VENV_BIN, molecule_env
+
+PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
+
+
+def playbook(name: str, extra_vars: dict[str, Any], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = molecule_env()
+    env["ANSIBLE_CONFIG"] = str(ANSIBLE_DIR / "ansible.cfg")
+    env["ANSIBLE_BECOME"] = "false"
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(PLAYBOOKS / name),
+         "-e", json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars})],
+        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
