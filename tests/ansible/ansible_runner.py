@@ -13,12 +13,25 @@ from tests.ansible.molecule_runner import ANSIBLE_DIR, VENV_BIN, molecule_env
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 
 
-def playbook(name: str, extra_vars: dict[str, Any], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def playbook(
+    name: str, extra_vars: dict[str, Any], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     env = molecule_env()
     env["ANSIBLE_CONFIG"] = str(ANSIBLE_DIR / "ansible.cfg")
     env["ANSIBLE_BECOME"] = "false"
     return subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(PLAYBOOKS / name),
-         "-e", json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars})],
-        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            str(PLAYBOOKS / name),
+            "-e",
+            json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}),
+        ],
+        cwd=ANSIBLE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

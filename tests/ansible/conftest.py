@@ -72,9 +72,7 @@ def _shared_apt_cache() -> Iterator[None]:
     remove_volumes(SHARED_APT_VOLUME)
 
 
-def converged(
-    name: str, molecule_logs: Path, say: Callable[[str], None]
-) -> Iterator[Scenario]:
+def converged(name: str, molecule_logs: Path, say: Callable[[str], None]) -> Iterator[Scenario]:
     """Create the scenario's hosts and converge them once; destroy everything afterwards."""
     scenario = Scenario(name, molecule_logs, say)
     started = time.monotonic()

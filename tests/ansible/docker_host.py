@@ -28,7 +28,10 @@ def image_present(name: str) -> bool:
 
 
 def container_exists(name: str) -> bool:
-    return subprocess.run(["docker", "container", "inspect", name], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["docker", "container", "inspect", name], capture_output=True).returncode
+        == 0
+    )
 
 
 def published_port(container: str, port: int) -> int:

@@ -25,7 +25,12 @@ def test_resolved_collections_match_the_pins() -> None:
     env["ANSIBLE_CONFIG"] = str(ANSIBLE_DIR / "ansible.cfg")
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-galaxy"), "collection", "list", "--format", "json"],
-        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ANSIBLE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     by_path: dict[str, dict[str, dict[str, str]]] = json.loads(proc.stdout)
@@ -45,7 +50,9 @@ def test_resolved_collections_match_the_pins() -> None:
 def test_installed_collections_dir_is_ignored_by_git() -> None:
     proc = subprocess.run(
         ["git", "check-ignore", "-q", str(ANSIBLE_DIR / "collections" / "x")],
-        cwd=ANSIBLE_DIR, capture_output=True, check=False,
+        cwd=ANSIBLE_DIR,
+        capture_output=True,
+        check=False,
     )
     assert proc.returncode == 0
     assert Path(ANSIBLE_DIR / ".." / ".gitignore").resolve().is_file()

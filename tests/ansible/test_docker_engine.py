@@ -49,7 +49,9 @@ def test_engine_running_and_enabled(host: testinfra.host.Host) -> None:
 
 
 def test_only_compose_comes_from_trixie(host: testinfra.host.Host) -> None:
-    newer = host.run("dpkg-query -W -f '${Package} ${Version}\\n' | grep -E 'deb13|\\+trixie' || true")
+    newer = host.run(
+        "dpkg-query -W -f '${Package} ${Version}\\n' | grep -E 'deb13|\\+trixie' || true"
+    )
     from_trixie = {line.split()[0] for line in newer.stdout.splitlines()}
     assert from_trixie <= {"docker-compose"}, from_trixie
     assert host.package("libc6").version.startswith("2.36"), "libc6 moved off bookworm"
@@ -73,8 +75,13 @@ def test_daemon_json_is_the_template(host: testinfra.host.Host) -> None:
 
 def test_runs_a_container(host: testinfra.host.Host) -> None:
     save = subprocess.Popen(["docker", "save", "local/debian:bookworm"], stdout=subprocess.PIPE)
-    subprocess.run(["docker", "exec", "-i", HOST, "docker", "load"], stdin=save.stdout,
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        ["docker", "exec", "-i", HOST, "docker", "load"],
+        stdin=save.stdout,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert save.wait(timeout=300) == 0
     out = host.run("docker run --rm local/debian:bookworm df -m /dev/shm")
     assert out.rc == 0, out.stderr

@@ -70,11 +70,25 @@ def tls_port(scenario: Scenario) -> int:
     return published_port(SANDBOX, 2376)
 
 
-def remote_docker(bundle: Path, port: int, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def remote_docker(
+    bundle: Path, port: int, *args: str, **kw: object
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["docker", "--tlsverify", f"--tlscacert={bundle / 'ca.pem'}", f"--tlscert={bundle / 'cert.pem'}",
-         f"--tlskey={bundle / 'key.pem'}", "-H", f"tcp://127.0.0.1:{port}", *args],
-        capture_output=True, text=True, timeout=300, check=False, **kw,
+        [
+            "docker",
+            "--tlsverify",
+            f"--tlscacert={bundle / 'ca.pem'}",
+            f"--tlscert={bundle / 'cert.pem'}",
+            f"--tlskey={bundle / 'key.pem'}",
+            "-H",
+            f"tcp://127.0.0.1:{port}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        **kw,
     )  # type: ignore[call-overload]
 
 
@@ -93,11 +107,15 @@ def test_daemon_runs_tls_only_on_2376(sandbox: testinfra.host.Host) -> None:
     assert ":2375 " not in listening, listening
     daemon = sandbox.file("/etc/docker/daemon.json").content_string
     assert '"tlsverify": true' in daemon and '"hosts"' not in daemon, daemon
-    dropin = sandbox.file("/etc/systemd/system/docker.service.d/10-verl-swe-rl-tls.conf").content_string
+    dropin = sandbox.file(
+        "/etc/systemd/system/docker.service.d/10-verl-swe-rl-tls.conf"
+    ).content_string
     assert "-H tcp://0.0.0.0:2376" in dropin and "2375" not in dropin, dropin
 
 
-def test_key_and_certificate_files(sandbox: testinfra.host.Host, trainer: testinfra.host.Host) -> None:
+def test_key_and_certificate_files(
+    sandbox: testinfra.host.Host, trainer: testinfra.host.Host
+) -> None:
     server_key = sandbox.file("/etc/docker/tls/server-key.pem")
     assert (server_key.mode, server_key.user) == (0o400, "root")
     assert sandbox.file("/etc/docker/tls").mode == 0o750
@@ -122,7 +140,9 @@ def test_server_certificate_names_and_usage(sandbox: testinfra.host.Host) -> Non
     assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
 
 
-def test_docker_info_over_tls_with_the_issued_certificate(client_bundle: Path, tls_port: int) -> None:
+def test_docker_info_over_tls_with_the_issued_certificate(
+    client_bundle: Path, tls_port: int
+) -> None:
     proc = remote_docker(client_bundle, tls_port, "info", "--format", "{{.Name}} {{.Driver}}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{SANDBOX} vfs"
@@ -146,8 +166,11 @@ def test_issued_certificate_passes_the_probe(client_bundle: Path, tls_port: int)
 def test_daemon_refuses_other_clients(
     kind: str, client_bundle: Path, tls_port: int, tmp_path: Path
 ) -> None:
-    client = {"none": None, "self-signed": self_signed_client(tmp_path),
-              "other-ca": other_ca_client(tmp_path)}[kind]
+    client = {
+        "none": None,
+        "self-signed": self_signed_client(tmp_path),
+        "other-ca": other_ca_client(tmp_path),
+    }[kind]
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         ping("127.0.0.1", tls_port, client_bundle / "ca.pem", client)
     if client is not None:  # and the docker CLI is refused too
@@ -172,8 +195,17 @@ def test_firewall_admits_only_the_trainer(trainer: testinfra.host.Host) -> None:
     remove_containers(OUTSIDER)
     try:
         out = docker(
-            "run", "--rm", "--name", OUTSIDER, "--network", NETWORK, TEST_IMAGE,
-            "bash", "-c", probe.format(host=SANDBOX, port=2376), timeout=60,
+            "run",
+            "--rm",
+            "--name",
+            OUTSIDER,
+            "--network",
+            NETWORK,
+            TEST_IMAGE,
+            "bash",
+            "-c",
+            probe.format(host=SANDBOX, port=2376),
+            timeout=60,
         )
         assert out.strip() == "closed"
     finally:

@@ -37,13 +37,17 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, (kind, name, [o["kind"] for o in objects])
     return found[0]
 
 
 @pytest.mark.parametrize("k8s_version", SCHEMA_VERSIONS)
-def test_objects_validate_against_the_schema(objects: list[dict[str, Any]], k8s_version: str) -> None:
+def test_objects_validate_against_the_schema(
+    objects: list[dict[str, Any]], k8s_version: str
+) -> None:
     import kubernetes_validate
 
     for obj in objects:
@@ -83,32 +87,50 @@ def test_role_grants_only_pods_exec_and_logs(objects: list[dict[str, Any]]) -> N
 def test_token_and_service_accounts(objects: list[dict[str, Any]]) -> None:
     secret = by_kind(objects, "Secret")
     assert secret["type"] == "kubernetes.io/service-account-token"
-    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "harbor-trainer"
+    assert (
+        secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "harbor-trainer"
+    )
     for name in ("harbor-trainer", "default"):
         assert by_kind(objects, "ServiceAccount", name)["automountServiceAccountToken"] is False
 
 
 def test_settings_flow_into_the_objects(tmp_path: Path) -> None:
-    objs = render(tmp_path, k8s_sandbox_namespace="swe-pods", k8s_sandbox_pod_security="privileged",
-                  k8s_sandbox_quota={"pods": "7"})
+    objs = render(
+        tmp_path,
+        k8s_sandbox_namespace="swe-pods",
+        k8s_sandbox_pod_security="privileged",
+        k8s_sandbox_quota={"pods": "7"},
+    )
     assert all(o["metadata"].get("namespace", "swe-pods") == "swe-pods" for o in objs)
-    assert by_kind(objs, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert (
+        by_kind(objs, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+        == "privileged"
+    )
     assert by_kind(objs, "ResourceQuota")["spec"]["hard"] == {"pods": "7"}
 
 
 def test_bad_namespace_is_refused_by_name(tmp_path: Path) -> None:
-    proc = playbook("k8s_sandbox.yml", {"k8s_sandbox_apply": False,
-                                        "k8s_sandbox_manifest_path": str(tmp_path / "x.yaml"),
-                                        "k8s_sandbox_namespace": "RL_Sandboxes"})
+    proc = playbook(
+        "k8s_sandbox.yml",
+        {
+            "k8s_sandbox_apply": False,
+            "k8s_sandbox_manifest_path": str(tmp_path / "x.yaml"),
+            "k8s_sandbox_namespace": "RL_Sandboxes",
+        },
+    )
     assert proc.returncode != 0
-    assert "k8s_sandbox_namespace must be a DNS label (got 'RL_Sandboxes')" in " ".join(proc.stdout.split())
+    assert "k8s_sandbox_namespace must be a DNS label (got 'RL_Sandboxes')" in " ".join(
+        proc.stdout.split()
+    )
     assert not (tmp_path / "x.yaml").exists()
 
 
 def test_real_cluster(tmp_path: Path) -> None:
     kubeconfig = os.environ.get("KUBECONFIG", "")
     if not kubeconfig or not Path(kubeconfig).is_file():
-        pytest.skip("opt-in: set KUBECONFIG to a cluster-admin kubeconfig to run the role on a real cluster")
+        pytest.skip(
+            "opt-in: set KUBECONFIG to a cluster-admin kubeconfig to run the role on a real cluster"
+        )
     from kubernetes import client, config
 
     namespace = f"hvt-ans-{uuid.uuid4().hex[:8]}"
@@ -133,9 +155,13 @@ def test_real_cluster(tmp_path: Path) -> None:
         authz = client.AuthorizationV1Api(api)
 
         def allowed(verb: str, resource: str, sub: str = "", ns: str = namespace) -> bool:
-            review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
-                resource_attributes=client.V1ResourceAttributes(
-                    namespace=ns, verb=verb, resource=resource, subresource=sub or None)))
+            review = client.V1SelfSubjectAccessReview(
+                spec=client.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=client.V1ResourceAttributes(
+                        namespace=ns, verb=verb, resource=resource, subresource=sub or None
+                    )
+                )
+            )
             return bool(authz.create_self_subject_access_review(review).status.allowed)
 
         assert allowed("create", "pods") and allowed("delete", "pods")

@@ -41,7 +41,9 @@ def test_sandbox_host_gets_tls_keys_but_no_hosts(tmp_path: Path) -> None:
     cfg = render(tmp_path, docker_engine_tls=True)
     assert cfg["tls"] is True and cfg["tlsverify"] is True
     assert (cfg["tlscacert"], cfg["tlscert"], cfg["tlskey"]) == (
-        "/etc/docker/tls/ca.pem", "/etc/docker/tls/server-cert.pem", "/etc/docker/tls/server-key.pem"
+        "/etc/docker/tls/ca.pem",
+        "/etc/docker/tls/server-cert.pem",
+        "/etc/docker/tls/server-key.pem",
     )
     assert "hosts" not in cfg
 
@@ -69,7 +71,12 @@ def _ansible(*args: str) -> subprocess.CompletedProcess[str]:
     env["ANSIBLE_CONFIG"] = str(ANSIBLE_DIR / "ansible.cfg")
     return subprocess.run(
         [str(VENV_BIN / args[0]), *args[1:]],
-        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ANSIBLE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -83,6 +90,7 @@ def test_example_inventory_parses() -> None:
 
 
 def test_provision_playbook_syntax() -> None:
-    proc = _ansible("ansible-playbook", "--syntax-check", "-i", "inventory/example/hosts.yml",
-                    "provision.yml")
+    proc = _ansible(
+        "ansible-playbook", "--syntax-check", "-i", "inventory/example/hosts.yml", "provision.yml"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

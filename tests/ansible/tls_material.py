@@ -25,7 +25,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _write(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, out: Path, stem: str) -> ClientCert:
+def _write(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, out: Path, stem: str
+) -> ClientCert:
     cert_path, key_path = out / f"{stem}-cert.pem", out / f"{stem}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -39,7 +41,9 @@ def _write(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, out: Path, s
     return ClientCert(cert_path, key_path)
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
+) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
@@ -109,6 +113,6 @@ def plain_http_answer(host: str, port: int, timeout: float = 5) -> bytes:
         try:
             while chunk := sock.recv(4096):
                 data += chunk
-        except (ConnectionResetError, TimeoutError, socket.timeout):
+        except (ConnectionResetError, TimeoutError):
             pass
         return data
