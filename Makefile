@@ -19,10 +19,17 @@ STAND_IN     := $(shell docker image inspect local/python:3.12-bookworm >/dev/nu
 BASE_IMAGE   ?= $(STAND_IN)
 BUILD_CA     ?= /etc/ssl/certs/ca-certificates.crt
 PROGRESS     ?= plain
+# make provision (docs/provisioning.md): the inventory you filled in, an optional --limit, and
+# extra ansible-playbook arguments (e.g. ANSIBLE_ARGS=--ask-vault-pass).
+INVENTORY    ?= ansible/inventory/local/hosts.yml
+LIMIT        ?=
+ANSIBLE_ARGS ?=
+ANSIBLE_PLAYBOOK := ANSIBLE_CONFIG=ansible/ansible.cfg $(VENV)/bin/ansible-playbook -i $(INVENTORY) \
+                    ansible/provision.yml $(if $(LIMIT),--limit '$(LIMIT)') $(ANSIBLE_ARGS)
 LOCK_FLAGS   := --generate-hashes --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
                 --index-url https://pypi.org/simple --custom-compile-command 'make lock' -q
 
-.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv env secrets up down
+.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv env secrets up down provision provision-inventory provision-check ansible-collections test-ansible
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,6 +63,8 @@ testbed: ## prepare this machine: Docker engine + compose + buildx, local base i
 lint: $(PY) ## ruff, yamllint, hadolint where present
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/yamllint -s ansible .yamllint
+	cd ansible && $(abspath $(VENV))/bin/ansible-lint
 
 typecheck: $(PY) ## mypy --strict on src/hvt
 	$(VENV)/bin/mypy
@@ -118,3 +127,18 @@ up: env secrets ## docker compose up -d (the GPU stack), then follow the trainer
 
 down: ## docker compose down (checkpoints, logs and trials stay in HVT_DATA_DIR)
 	docker compose --profile wandb --profile dashboard down
+
+provision-inventory:
+	@test -f $(INVENTORY) || { echo "no inventory at $(INVENTORY): cp -r ansible/inventory/example ansible/inventory/local and fill it in (docs/provisioning.md)" >&2; exit 1; }
+
+provision: $(PY) provision-inventory ## Ansible: GPU trainer host, TLS Docker sandbox host, k8s access (INVENTORY=, LIMIT=)
+	$(ANSIBLE_PLAYBOOK)
+
+provision-check: $(PY) provision-inventory ## what make provision would change (check mode with diff; applies nothing)
+	$(ANSIBLE_PLAYBOOK) --check --diff
+
+ansible-collections: $(PY) ## install the collections pinned in ansible/requirements.yml from Galaxy into ansible/collections
+	$(VENV)/bin/ansible-galaxy collection install -r ansible/requirements.yml -p ansible/collections
+
+test-ansible: $(PY) ## the Ansible roles on systemd hosts in containers (Molecule + testinfra; part of make test)
+	$(VENV)/bin/pytest tests/ansible $(PYTEST_ARGS)
