@@ -86,9 +86,12 @@ ENV VIRTUAL_ENV=/opt/venv \
 RUN --mount=type=cache,id=${UV_CACHE_ID},target=/root/.cache/uv \
     --mount=type=secret,id=build_ca \
     --mount=type=bind,source=locks/trainer.lock,target=/tmp/locks/trainer.lock \
+    --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-normalize.py \
     uv venv --python /usr/local/bin/python3.12 /opt/venv \
  && with-build-ca uv pip sync --python /opt/venv/bin/python --require-hashes \
       --index-url https://pypi.org/simple /tmp/locks/trainer.lock \
+ && with-build-ca python3 /tmp/venv-normalize.py settle /opt/venv/bin/python /opt/uv/bin/uv \
+      /tmp/locks/trainer.lock \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---------------------------------------------------------------------------------------------
@@ -100,17 +103,21 @@ WORKDIR /workspace/repos
 # pinned sources (make repos), installed editable without touching the locked dependencies
 COPY --chown=hvt:hvt repos/verl/ /workspace/repos/verl/
 COPY --chown=hvt:hvt repos/harbor/ /workspace/repos/harbor/
-RUN uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
+RUN --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-normalize.py \
+    uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
       -e /workspace/repos/verl -e /workspace/repos/harbor \
+ && python3 /tmp/venv-normalize.py strip /opt/venv/lib/python3.12/site-packages \
  && find /workspace/repos /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 # this repository: the only layers a change in src/ rebuilds
 COPY --chown=hvt:hvt pyproject.toml README.md /workspace/repos/harbor-verl-train/
 COPY --chown=hvt:hvt config/ /workspace/repos/harbor-verl-train/config/
 COPY --chown=hvt:hvt locks/ /workspace/repos/harbor-verl-train/locks/
 COPY --chown=hvt:hvt src/ /workspace/repos/harbor-verl-train/src/
-RUN uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
+RUN --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-normalize.py \
+    uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
       -e /workspace/repos/harbor-verl-train \
- && find /workspace/repos/harbor-verl-train -name '__pycache__' -prune -exec rm -rf {} +
+ && python3 /tmp/venv-normalize.py strip /opt/venv/lib/python3.12/site-packages \
+ && find /workspace/repos/harbor-verl-train /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 COPY --chmod=0755 entrypoint/trainer.sh /entrypoint/trainer.sh
 ENV HVT_LOCK_FILE=/workspace/repos/harbor-verl-train/locks/trainer.lock \
     HVT_OVERRIDES_FILE=/workspace/repos/harbor-verl-train/locks/overrides.txt \
@@ -129,9 +136,12 @@ ENV VIRTUAL_ENV=/opt/venv \
 RUN --mount=type=cache,id=${UV_CACHE_ID},target=/root/.cache/uv \
     --mount=type=secret,id=build_ca \
     --mount=type=bind,source=locks/proxy.lock,target=/tmp/locks/proxy.lock \
+    --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-normalize.py \
     uv venv --python /usr/local/bin/python3.12 /opt/venv \
  && with-build-ca uv pip sync --python /opt/venv/bin/python --require-hashes \
       --index-url https://pypi.org/simple /tmp/locks/proxy.lock \
+ && with-build-ca python3 /tmp/venv-normalize.py settle /opt/venv/bin/python /opt/uv/bin/uv \
+      /tmp/locks/proxy.lock \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---------------------------------------------------------------------------------------------
@@ -140,9 +150,11 @@ COPY --chown=hvt:hvt pyproject.toml README.md /workspace/repos/harbor-verl-train
 COPY --chown=hvt:hvt config/ /workspace/repos/harbor-verl-train/config/
 COPY --chown=hvt:hvt locks/ /workspace/repos/harbor-verl-train/locks/
 COPY --chown=hvt:hvt src/ /workspace/repos/harbor-verl-train/src/
-RUN uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
+RUN --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-normalize.py \
+    uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
       -e /workspace/repos/harbor-verl-train \
- && find /workspace/repos/harbor-verl-train -name '__pycache__' -prune -exec rm -rf {} +
+ && python3 /tmp/venv-normalize.py strip /opt/venv/lib/python3.12/site-packages \
+ && find /workspace/repos/harbor-verl-train /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 COPY --chmod=0755 entrypoint/proxy.sh /entrypoint/proxy.sh
 # LiteLLM fetches its cost map from GitHub on import unless told to use the packaged copy
 ENV LITELLM_LOCAL_MODEL_COST_MAP=True \

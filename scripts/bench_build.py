@@ -54,10 +54,10 @@ def say(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
 
 
-def make_context(dest: Path) -> None:
-    """HEAD's tree (git archive) plus the pinned source trees in repos/."""
+def make_context(dest: Path, commit: str) -> None:
+    """The commit's tree (git archive) plus the pinned source trees in repos/."""
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, check=True, capture_output=True
+        ["git", "archive", "--format=tar", commit], cwd=ROOT, check=True, capture_output=True
     ).stdout
     tar_path = dest.parent / "head.tar"
     tar_path.write_bytes(archive)
@@ -130,6 +130,10 @@ def rebuilt_dependency_steps(output: str) -> list[str]:
     ]
 
 
+def _exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
 def size_of(tag: str) -> int:
     out = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{.Size}}", tag],
@@ -179,8 +183,22 @@ def cache_records() -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-image", default="local/python:3.12-bookworm")
+    parser.add_argument("--commit", default="HEAD", help="the commit to build (default: HEAD)")
+    parser.add_argument(
+        "--network", default="default", help="network of the RUN steps: default (bridge) or host"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the hvt-bench/* images")
-    parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("/tmp/hvt-bench.json"),
+        help="figures, written after each phase (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the phases already in --json whose images still exist",
+    )
     args = parser.parse_args()
     if (
         shutil.disk_usage("/var/lib/docker" if Path("/var/lib/docker").exists() else "/").free
@@ -193,51 +211,77 @@ def main() -> int:
         f"--build-arg=NPM_CACHE_ID=hvt-bench-npm-{run_id}",
     ]
     base = [f"--build-arg=BASE_IMAGE={args.base_image}"] if args.base_image else []
+    # the network mode is part of a RUN step's cache key: the second, --no-cache build may use
+    # another one (host: immune to a flaky bridge) without changing what it installs
+    second = [*base, f"--network={args.network}"]
     before = set(cache_records())
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
+        ["git", "rev-parse", "--short", args.commit],
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
     results: dict[str, object] = {"commit": commit, "base_image": args.base_image}
+    if args.resume and args.json.is_file():
+        saved = json.loads(args.json.read_text())
+        if saved.get("commit") == commit:
+            results = saved
+            run_id = str(saved.get("run_id", run_id))
+            cache_args = [
+                f"--build-arg=UV_CACHE_ID=hvt-bench-uv-{run_id}",
+                f"--build-arg=NPM_CACHE_ID=hvt-bench-npm-{run_id}",
+            ]
+            say(f"resuming run {run_id}: {', '.join(k for k in saved if k.endswith('s'))}")
+    results["run_id"] = run_id
+
+    def save() -> None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
     tags: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hvt-bench-") as tmp:
         logs = Path(tmp) / "logs"
         logs.mkdir()
         ctx = Path(tmp) / "ctx"
-        make_context(ctx)
-        say(f"context: HEAD {commit} + repos/ in {ctx}")
-        cold: dict[str, float] = {}
+        make_context(ctx, commit)
+        say(f"context: commit {commit} + repos/ in {ctx}")
+        cold: dict[str, float] = dict(results.get("cold_seconds", {}))  # type: ignore[call-overload]
         for target in TARGETS:
             tag = f"hvt-bench/{target}:a"
             tags.append(tag)
+            if target in cold and _exists(tag):
+                continue
             cold[target], _ = build(
                 ctx, target, tag, ["--no-cache", *base, *cache_args], logs / f"{target}-a.log"
             )
         results["cold_seconds"] = cold
         size_of_tags = {t: size_of(f"hvt-bench/{t}:a") for t in TARGETS}
         results["sizes_bytes"] = size_of_tags
+        save()
 
         init = ctx / "src" / "hvt" / "__init__.py"
-        init.write_text(init.read_text() + "# bench: one changed line\n")
+        touch_line = f"# bench {uuid.uuid4().hex}: one changed line\n"  # new content every run
+        init.write_text(init.read_text() + touch_line)
         tag = "hvt-bench/trainer:touched"
         tags.append(tag)
-        seconds, output = build(
-            ctx, "trainer", tag, [*base, *cache_args], logs / "trainer-touched.log"
-        )
-        rebuilt = rebuilt_dependency_steps(output)
-        results["rebuild_after_src_change"] = {
-            "seconds": seconds,
-            "dependency_steps_rebuilt": rebuilt,
-        }
-        init.write_text(init.read_text().replace("# bench: one changed line\n", ""))
+        done: dict[str, object] = dict(results.get("rebuild_after_src_change", {}))  # type: ignore[call-overload]
+        if not (done and _exists(tag)):
+            secs, output = build(
+                ctx, "trainer", tag, [*base, *cache_args], logs / "trainer-touched.log"
+            )
+            done = {"seconds": secs, "dependency_steps_rebuilt": rebuilt_dependency_steps(output)}
+            results["rebuild_after_src_change"] = done
+            save()
+        seconds = float(done["seconds"])  # type: ignore[arg-type]
+        rebuilt = list(done["dependency_steps_rebuilt"])  # type: ignore[call-overload]
+        init.write_text(init.read_text().replace(touch_line, ""))
 
         for target in ("proxy", "trainer"):
             tag = f"hvt-bench/{target}:b"
             tags.append(tag)
-            build(ctx, target, tag, ["--no-cache", *base, *cache_args], logs / f"{target}-b.log")
+            if args.resume and _exists(tag):
+                continue
+            build(ctx, target, tag, ["--no-cache", *second, *cache_args], logs / f"{target}-b.log")
         repro: dict[str, object] = {}
         verdicts: dict[str, tuple[int, bool]] = {}
         for target in ("proxy", "trainer"):
@@ -247,6 +291,7 @@ def main() -> int:
             repro[target] = {"files": len(a), "identical": not diff, "differences": diff[:50]}
             verdicts[target] = (len(a), not diff)
         results["reproducible_venv"] = repro
+        save()
 
     if not args.keep:
         subprocess.run(["docker", "rmi", *tags], capture_output=True)
@@ -281,8 +326,6 @@ def main() -> int:
     for target, (files, same) in verdicts.items():
         word = "identical" if same else "DIFFERENT"
         print(f"| /opt/venv of two builds, {target} | {word} ({files} files) |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
     ok = not rebuilt and all(same for _, same in verdicts.values())
     return 0 if ok else 1
 
