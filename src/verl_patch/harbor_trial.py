@@ -113,28 +113,29 @@ _overlays: dict[tuple[Any, ...], Path] = {}
 
 
 def stock_docker_overlay(settings: RolloutSettings) -> list[Path]:
-    """For Harbor's own DockerEnvironment: stage the runtime volume on the daemon and write a
-    compose overlay (labels + read-only runtime mount), once per process. Blocking."""
-    runtime = settings.overlay_runtime
-    if runtime is None:
-        return []
+    """For Harbor's own DockerEnvironment: a compose overlay with the sandbox labels and, when a
+    runtime image is set, the runtime volume (staged on the daemon first) mounted read-only.
+    Once per process. Blocking."""
     from harbor_patch import labels
     from harbor_patch.environments import agent_runtime, compose_overlay
     from harbor_patch.environments.docker_daemon import DockerDaemon
 
+    runtime = settings.overlay_runtime
     key = (settings.overlay_docker_host, runtime, settings.pod_name_prefix)
     with _overlay_lock:
         if key not in _overlays:
-            daemon = DockerDaemon.resolve(
-                settings.overlay_docker_host, settings.overlay_docker_cert_path
-            )
-            staged = agent_runtime.ensure_runtime_volume(
-                daemon, runtime.image, runtime.image_subpath
-            )
+            volume = None
+            if runtime is not None:
+                daemon = DockerDaemon.resolve(
+                    settings.overlay_docker_host, settings.overlay_docker_cert_path
+                )
+                volume = agent_runtime.ensure_runtime_volume(
+                    daemon, runtime.image, runtime.image_subpath
+                ).volume
             spec = compose_overlay.overlay(
                 labels.sandbox_labels(settings.pod_name_prefix),
-                runtime_volume=staged.volume,
-                runtime_mount_path=runtime.mount_path,
+                runtime_volume=volume,
+                runtime_mount_path=runtime.mount_path if runtime else None,
             )
             directory = Path(tempfile.mkdtemp(prefix="hvt-compose-"))
             _overlays[key] = compose_overlay.write(directory / "docker-compose-hvt.json", spec)

@@ -94,6 +94,7 @@ class RolloutSettings:
             else None
         )
         runtime = RuntimeMount(h.runtime_image, h.runtime_mount_path, h.runtime_image_subpath)
+        image = h.runtime_image or None  # "" = no runtime mounted (agents that need none)
         agent_kwargs: dict[str, Any] = {"max_turns": h.max_iterations}
         if h.agent_import_path.startswith(OWN_AGENT_MODULE + ":"):
             agent_kwargs |= {"runtime_root": h.runtime_mount_path, "temperature": h.temperature}
@@ -107,7 +108,7 @@ class RolloutSettings:
                 "docker_host": h.docker_host or env.get("DOCKER_HOST") or None,
                 "docker_cert_path": h.docker_cert_path or env.get("DOCKER_CERT_PATH") or None,
                 "allow_insecure": h.allow_insecure_test_network,
-                "agent_runtime_image": runtime.image,
+                "agent_runtime_image": image,
                 "agent_runtime_mount_path": runtime.mount_path,
                 "agent_runtime_image_subpath": runtime.image_subpath,
                 "pod_name_prefix": h.pod_name_prefix,
@@ -118,13 +119,13 @@ class RolloutSettings:
                 "kubeconfig_path": k.kubeconfig or env.get("KUBECONFIG") or None,
                 "pod_startup_timeout_sec": k.pod_startup_timeout,
                 "active_deadline_seconds": k.pod_active_deadline_seconds,
-                "agent_runtime_image": runtime.image,
+                "agent_runtime_image": image,
                 "agent_runtime_mount_path": runtime.mount_path,
                 "agent_runtime_image_subpath": runtime.image_subpath,
                 "pod_name_prefix": h.pod_name_prefix,
                 "host_path_mounts": [m.model_dump() for m in h.host_path_mounts or []],
             }
-        elif h.environment_import_path == STOCK_DOCKER:
+        elif h.environment_import_path == STOCK_DOCKER and image:
             overlay = runtime
         return cls(
             trials_dir=Path(where),
@@ -153,6 +154,6 @@ class RolloutSettings:
             ),
             pod_name_prefix=h.pod_name_prefix,
             overlay_runtime=overlay,
-            overlay_docker_host=(h.docker_host or None) if overlay else None,
-            overlay_docker_cert_path=(h.docker_cert_path or None) if overlay else None,
+            overlay_docker_host=h.docker_host or None,
+            overlay_docker_cert_path=h.docker_cert_path or None,
         )

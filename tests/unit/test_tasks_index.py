@@ -77,7 +77,7 @@ def test_bad_task_toml_and_missing_dir(tmp_path: Path) -> None:
     root = tmp_path / "tasks"
     shutil.copytree(FIXTURES / "write-answer", root / "t1")
     (root / "t1" / "task.toml").write_text("[environment\n")
-    with pytest.raises(TaskIndexError, match="t1: task.toml does not parse"):
+    with pytest.raises(TaskIndexError, match=r"t1: task\.toml does not parse"):
         discover(root)
     with pytest.raises(TaskIndexError, match="not a directory"):
         discover(tmp_path / "nope")

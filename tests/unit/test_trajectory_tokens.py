@@ -69,7 +69,7 @@ def test_a_multi_turn_chain_is_one_exact_sequence() -> None:
     seq = assemble_exact(calls)
     assert seq is not None
     assert seq.prompt_ids == p0
-    assert seq.response_ids == c0 + [20, 21] + c1 + [22] + c2
+    assert seq.response_ids == [*c0, 20, 21, *c1, 22, *c2]
     assert seq.response_mask == [1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 1]
     assert seq.response_logprobs == [-0.1, -0.2, -0.3, 0, 0, -0.4, -0.45, 0, -0.5, -0.6, -0.7]
     assert (seq.exact, seq.num_turns, seq.chains, seq.calls_used) == (True, 3, 1, 3)
@@ -197,7 +197,8 @@ CHATML = (
 def render() -> Any:
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|\s+"), "isolated")
-    words = "user assistant system tool fix the bug done run tests ok .".split()
+    words = ["user", "assistant", "system", "tool", "fix", "the", "bug", "done", "run", "tests"]
+    words += ["ok", "."]
     corpus = ["<|im_start|>", "<|im_end|>", "\n", " ", *words]
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
     template = jinja2.Environment().from_string(CHATML)
