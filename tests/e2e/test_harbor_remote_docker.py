@@ -168,6 +168,9 @@ def test_plain_tcp_and_missing_certificates_are_refused(tmp_path: Path) -> None:
         DockerDaemon.resolve("ssh://me@host", environ={})
     insecure = DockerDaemon.resolve("tcp://127.0.0.1:2375", tls_verify=False, allow_insecure=True)
     assert insecure.cli_flags() == ("--host", "tcp://127.0.0.1:2375")
+    no_certs = {"DOCKER_CERT_PATH": str(tmp_path / "empty")}
+    test_net = DockerDaemon.resolve("tcp://10.0.0.5:2375", allow_insecure=True, environ=no_certs)
+    assert test_net.cert_dir is None  # allowed explicitly, and no certificates to use
     env = {"DOCKER_HOST": "tcp://h:2376", "DOCKER_CERT_PATH": str(tmp_path)}
     for name in ("ca.pem", "cert.pem", "key.pem"):
         (tmp_path / name).write_text("x")

@@ -63,10 +63,16 @@ class DockerDaemon:
             raise DaemonConfigError(
                 f"docker_host {target!r} must be unix:///path/to/docker.sock or tcp://<host>:2376"
             )
+        raw_dir = cert_path or env.get("DOCKER_CERT_PATH") or Path.home() / ".docker"
+        cert_dir = Path(raw_dir).expanduser()
+        missing = [name for name in CERT_FILES if not (cert_dir / name).is_file()]
         verify = tls_verify
         if verify is None:
             raw = env.get("DOCKER_TLS_VERIFY")
-            verify = True if raw is None else raw.strip().lower() not in _FALSE
+            if raw is not None:
+                verify = raw.strip().lower() not in _FALSE
+            else:  # TLS unless a test network was explicitly allowed and has no certificates
+                verify = not (allow_insecure and missing)
         if not verify:
             if not allow_insecure:
                 raise DaemonConfigError(
@@ -76,9 +82,6 @@ class DockerDaemon:
                     "isolated test network"
                 )
             return cls(target)
-        raw_dir = cert_path or env.get("DOCKER_CERT_PATH") or Path.home() / ".docker"
-        cert_dir = Path(raw_dir).expanduser()
-        missing = [name for name in CERT_FILES if not (cert_dir / name).is_file()]
         if missing:
             raise DaemonConfigError(
                 f"docker_cert_path {str(cert_dir)!r} lacks {', '.join(missing)} for the TLS daemon "
