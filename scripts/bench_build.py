@@ -235,9 +235,8 @@ def main() -> int:
         f"--build-arg=NPM_CACHE_ID=hvt-bench-npm-{run_id}",
     ]
     base = [f"--build-arg=BASE_IMAGE={args.base_image}"] if args.base_image else []
-    # the network mode is part of a RUN step's cache key: the second, --no-cache build may use
-    # another one (host: immune to a flaky bridge) without changing what it installs
-    second = [*base, f"--network={args.network}"]
+    base.append(f"--network={args.network}")  # host: immune to a flaky docker0 bridge
+    second = base
     before = set(cache_records())
     commit = subprocess.run(
         ["git", "rev-parse", "--short", args.commit],
