@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.ansible.conftest import converged
 from tests.ansible.docker_host import docker, published_port, remove_containers
-from tests.ansible.molecule_runner import Scenario
+from tests.ansible.molecule_runner import REPO, Scenario, molecule_env
 from tests.ansible.tls_material import (
     ClientCert,
     other_ca_client,
@@ -220,3 +221,47 @@ def test_container_runs_on_the_remote_daemon(client_bundle: Path, tls_port: int)
     run = remote_docker(client_bundle, tls_port, "run", "--rm", TEST_IMAGE, "echo", "sandbox-ok")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "sandbox-ok"
+
+
+def test_make_provision_check_reports_no_drift(scenario: Scenario, tmp_path: Path) -> None:
+    """`make provision-check` (check mode, diff) on the converged sandbox host changes nothing.
+
+    Runs the real provision.yml through the Makefile with LIMIT=sandbox_docker, so the trainer's
+    address for the firewall comes from facts gathered on the fly (the --limit path).
+    """
+    ca_dirs = sorted(Path.home().glob(".ansible/tmp/molecule.*.docker_tls/docker-tls-ca"))
+    assert ca_dirs, "the scenario's CA directory is missing"
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "vars": {
+                        "ansible_connection": "community.docker.docker",
+                        "docker_engine_source": "distro",
+                        "docker_engine_storage_driver": "vfs",
+                        "gpu_enabled": False,
+                        "docker_tls_ca_dir": str(ca_dirs[-1]),
+                        "docker_tls_server_extra_sans": ["hvt-ans-sandbox.hvt-ans-tls-net"],
+                        "docker_tls_extra_allowed_clients": ["172.30.61.1"],
+                    },
+                    "children": {
+                        "sandbox_docker": {"hosts": {SANDBOX: {}}},
+                        "trainer": {"hosts": {TRAINER: {}}},
+                    },
+                }
+            }
+        )
+    )
+    proc = subprocess.run(
+        ["make", "provision-check", f"INVENTORY={inventory}", "LIMIT=sandbox_docker"],
+        cwd=REPO,
+        env=molecule_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    recap = [line for line in proc.stdout.splitlines() if line.startswith(SANDBOX)]
+    assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], proc.stdout[-3000:]
