@@ -30,6 +30,9 @@ settings = RolloutSettings(trials_dir=Path(sys.argv[1]), model_name="m", max_con
 @ray.remote(num_cpus=0)
 class Worker:
     # stands in for verl's AgentLoopWorker: its own process, its own handle on the coordinator
+    async def ping(self):
+        return True
+
     async def trial(self, name, seconds):
         c = coordination.ray_coordination(settings)
         if not await c.acquire("train:1", name):
@@ -53,8 +56,10 @@ async def main():
     here = coordination.ray_coordination(settings)
     assert coordination.ray_coordination(settings) is here  # one handle per process
     workers = [Worker.remote() for _ in range(2)]
-    fast = [workers[0].trial.remote("fast-1", 1.0), workers[1].trial.remote("fast-2", 1.0)]
-    await asyncio.sleep(0.5)  # the fast ones hold both slots; the slow ones queue behind them
+    await asyncio.gather(*(w.ping.remote() for w in workers))  # both worker processes up
+    fast = [workers[0].trial.remote("fast-1", 2.0), workers[1].trial.remote("fast-2", 2.0)]
+    while (await here.snapshot("train:1"))["slots_in_use"] < 2:  # the fast ones hold both slots
+        await asyncio.sleep(0.05)
     slow = [workers[0].trial.remote("slow-1", 30), workers[1].trial.remote("slow-2", 30)]
     outcome = dict(await asyncio.gather(*fast, *slow))
     snapshot = await here.snapshot("train:1")
