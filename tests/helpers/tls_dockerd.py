@@ -1,19 +1,22 @@
-"""A real, TLS-only Docker daemon on 127.0.0.1 for tests (a second dockerd on this host)."""
+"""A real, TLS-only Docker daemon on 127.0.0.1 for tests, in a container of its own."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
-import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from hvt.docker_remote import connect
 from hvt.tls_certs import Issued, issue, make_ca, self_signed_client
+
+DOCKERD_IMAGE = "local/dockerd:bookworm"
 
 
 def free_port() -> int:
@@ -41,10 +44,15 @@ def _client_dir(root: Path, name: str, ca: Issued, client: Issued) -> Path:
 
 @contextlib.contextmanager
 def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
-    if shutil.which("dockerd") is None:
-        import pytest
+    """A TLS-only dockerd in its own container (local/dockerd, TESTBED.md §4), published on
+    127.0.0.1. Its own network namespace keeps it away from this host's bridges and iptables."""
+    import pytest
 
-        pytest.skip("dockerd is not installed (run `make testbed`)")
+    local = docker.from_env(timeout=60)
+    try:
+        local.images.get(DOCKERD_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"{DOCKERD_IMAGE} is missing (run `make testbed`)")
     ca = make_ca()
     server = issue(ca, "localhost", server=True, sans=["127.0.0.1", "localhost"])
     server_dir = root / "server"
@@ -53,38 +61,44 @@ def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
     server.write(server_dir, "server-cert.pem", "server-key.pem")
     other_ca = make_ca("someone-else-ca")
     port = free_port()
-    data = root / "data"
-    log = (root / "dockerd.log").open("wb")
-    proc = subprocess.Popen(
+    container = local.containers.run(
+        DOCKERD_IMAGE,
         [
-            "dockerd",
             "--tlsverify",
-            f"--tlscacert={server_dir / 'ca.pem'}",
-            f"--tlscert={server_dir / 'server-cert.pem'}",
-            f"--tlskey={server_dir / 'server-key.pem'}",
-            f"-H=tcp://127.0.0.1:{port}",
-            f"--data-root={data}",
-            f"--exec-root={root / 'exec'}",
-            f"--pidfile={root / 'dockerd.pid'}",
-            "--bridge=none",
-            "--iptables=false",
+            "--tlscacert=/certs/ca.pem",
+            "--tlscert=/certs/server-cert.pem",
+            "--tlskey=/certs/server-key.pem",
+            "-H=tcp://0.0.0.0:2376",
             "--storage-driver=vfs",
         ],
-        stdout=log,
-        stderr=log,
+        name=f"hvt-tlsd-{uuid.uuid4().hex[:8]}",
+        detach=True,
+        cap_add=["ALL"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        cgroupns="host",
+        volumes={
+            str(server_dir): {"bind": "/certs", "mode": "ro"},
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+        },
+        tmpfs={"/run": ""},
+        ports={"2376/tcp": ("127.0.0.1", port)},
+        labels={"hvt-test": "tls-dockerd"},
     )
     try:
-        deadline = time.monotonic() + 60
+        good = _client_dir(root, "good", ca, issue(ca, "trainer", server=False))
+        deadline = time.monotonic() + 90
         while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "dockerd.log").read_text()[-2000:])
-            time.sleep(0.3)
+            try:
+                connect(f"tcp://127.0.0.1:{port}", good, timeout=5).ping()
+                break
+            except docker.errors.DockerException:
+                container.reload()
+                if container.status != "running" or time.monotonic() > deadline:
+                    raise RuntimeError(container.logs(tail=40).decode(errors="replace")) from None
+                time.sleep(0.5)
         yield TlsDaemon(
             host=f"tcp://127.0.0.1:{port}",
-            good_client=_client_dir(root, "good", ca, issue(ca, "trainer", server=False)),
+            good_client=good,
             foreign_client=_client_dir(
                 root, "foreign", ca, issue(other_ca, "trainer", server=False)
             ),
@@ -94,10 +108,4 @@ def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
             ),
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        subprocess.run(["rm", "-rf", str(data)], check=False)
+        container.remove(force=True, v=True)
