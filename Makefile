@@ -29,7 +29,7 @@ ANSIBLE_PLAYBOOK := ANSIBLE_CONFIG=ansible/ansible.cfg $(VENV)/bin/ansible-playb
 LOCK_FLAGS   := --generate-hashes --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
                 --index-url https://pypi.org/simple --custom-compile-command 'make lock' -q
 
-.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv env secrets up down provision provision-inventory provision-check ansible-collections test-ansible
+.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv env secrets up down provision provision-inventory provision-check ansible-collections test-ansible smoke
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -142,3 +142,6 @@ ansible-collections: $(PY) ## install the collections pinned in ansible/requirem
 
 test-ansible: $(PY) ## the Ansible roles on systemd hosts in containers (Molecule + testinfra; part of make test)
 	$(VENV)/bin/pytest tests/ansible $(PYTEST_ARGS)
+
+smoke: repos image secrets ## the main job on a CPU machine: the CPU stack runs one real rollout step, then goes down
+	$(HVT) smoke stack

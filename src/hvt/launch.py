@@ -154,7 +154,17 @@ def trainer_command(
     cpu_smoke: bool,
 ) -> list[str]:
     if cpu_smoke:
-        return [sys.executable, "-m", "hvt.smoke", "--config", str(config_file), "--exp", exp]
+        return [
+            sys.executable,
+            "-m",
+            "hvt.cli",
+            "smoke",
+            "step",
+            "--config",
+            str(config_file),
+            "--exp",
+            exp,
+        ]
     spec = verl_command.LaunchSpec(
         exp_name=exp, paths=paths, bundle=bundle_root(), python=sys.executable
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -25,3 +26,116 @@ def certs(
         for path in [out / "client", *(out / "client").iterdir()]:
             os.chown(path, owner, owner)
     typer.echo(f"certificates in {out} (server/ for dockerd, client/ for the trainer)")
+
+
+@app.command("step")
+def step(
+    config: Annotated[Path, typer.Option(help="the smoke profile (config/smoke.yaml)")],
+    exp: Annotated[str, typer.Option(help="experiment name (hvt launch passes it)")] = "smoke",
+) -> None:
+    """One real rollout step on the CPU, link by link (run by `hvt launch --cpu-smoke`)."""
+    from hvt import smoke_step
+
+    raise typer.Exit(smoke_step.run(config, exp))
+
+
+STACK_FILES = ("compose.yaml", "compose.cpu.yaml")
+IMAGES = ("trainer", "proxy", "agent-runtime")
+STAND_INS = ("local/python:3.12-bookworm", "local/dockerd:bookworm")
+
+
+def _compose(root: Path, env: dict[str, str], *args: str) -> list[str]:
+    files = [a for f in STACK_FILES for a in ("-f", str(root / f))]
+    return [
+        "docker",
+        "compose",
+        "--project-directory",
+        str(root),
+        "-p",
+        env["HVT_SMOKE_PROJECT"],
+        *files,
+        *args,
+    ]
+
+
+@app.command("stack")
+def stack(
+    data_dir: Annotated[Path, typer.Option(help="run directory (logs, trials, artifacts)")] = Path(
+        "data/smoke"
+    ),
+    keep: Annotated[bool, typer.Option(help="leave the stack up after the step")] = False,
+    project: Annotated[str, typer.Option(help="compose project name")] = "hvt-smoke",
+) -> None:
+    """`make smoke`: the CPU stack (compose.yaml + compose.cpu.yaml), one rollout step, down."""
+    import subprocess
+
+    import docker
+
+    from hvt.bundle import bundle_root
+
+    root = bundle_root()
+    client = docker.from_env()
+    prefix = os.environ.get("IMAGE_PREFIX", "verl-swe-rl")
+    tag = os.environ.get("IMAGE_TAG", "latest")
+    missing = [f"{prefix}/{name}:{tag}" for name in IMAGES] + list(STAND_INS)
+    missing = [m for m in missing if not client.images.list(name=m)]
+    if missing:
+        typer.echo(
+            f"hvt smoke: missing images {', '.join(missing)} (fix: make image; the local/ "
+            "stand-ins come from make testbed)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    key = root / "secrets" / "litellm_master_key"
+    if not key.is_file():
+        typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
+        raise typer.Exit(2)
+    data = data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(data, 1000, 1000)  # the containers' user writes the run directory
+    sock = Path("/var/run/docker.sock")
+    env = {
+        **os.environ,
+        "HVT_SMOKE_PROJECT": project,
+        "HVT_DATA_DIR": str(data),
+        "MODELS_DIR": str(data / "models"),
+        "DATASETS_DIR": str(data / "datasets"),
+        "DOCKER_GID": str(sock.stat().st_gid if sock.exists() else 999),
+        "IMAGE_PREFIX": prefix,
+        "IMAGE_TAG": tag,
+    }
+    started = time.monotonic()
+    typer.echo(f"hvt smoke: starting the CPU stack (project {project}, run dir {data})")
+    up = subprocess.run(
+        _compose(
+            root,
+            env,
+            "up",
+            "--abort-on-container-exit",
+            "--exit-code-from",
+            "trainer",
+            "trainer",
+            "litellm",
+            "sandbox-tls",
+            "smoke-certs",
+        ),
+        env=env,
+        check=False,
+    )
+    code = up.returncode
+    typer.echo(
+        f"hvt smoke: step finished with exit code {code} after {time.monotonic() - started:.0f} s"
+    )
+    if not keep:
+        subprocess.run(_compose(root, env, "down", "-v", "--remove-orphans"), env=env, check=False)
+        leftovers = client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={project}"}
+        )
+        if leftovers:
+            typer.echo(f"hvt smoke: {len(leftovers)} container(s) left behind", err=True)
+            code = code or 1
+    summaries = sorted(data.glob("harbor_trials/*/*/smoke-summary.json"))
+    if summaries:
+        typer.echo(f"hvt smoke: summary {summaries[-1]}")
+    raise typer.Exit(code)

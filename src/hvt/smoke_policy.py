@@ -179,6 +179,18 @@ def build_app(policy: TinyPolicy, served_model_name: str) -> Any:
     async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def tokenize(request: web.Request) -> web.Response:
+        """vLLM's /tokenize: the prompt ids a chat request renders to (the proxy's logger asks
+        for them because LiteLLM drops prompt_token_ids from streams)."""
+        body = await request.json()
+        if "messages" in body:
+            ids = policy.prompt_ids(body.get("messages") or [])
+        else:
+            ids = list(policy.tokenizer(str(body.get("prompt", "")))["input_ids"])
+        return web.json_response(
+            {"count": len(ids), "max_model_len": policy.max_prompt_tokens, "tokens": ids}
+        )
+
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         prompt = policy.prompt_ids(body.get("messages") or [])
@@ -269,6 +281,7 @@ def build_app(policy: TinyPolicy, served_model_name: str) -> Any:
             web.get("/v1/models", models),
             web.get("/health", health),
             web.post("/v1/chat/completions", chat),
+            web.post("/tokenize", tokenize),
         ]
     )
     return app
