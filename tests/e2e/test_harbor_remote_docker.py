@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,46 +86,15 @@ def _drop_runtime(client: docker.DockerClient, tag: str) -> None:
         client.images.remove(tag, force=True)
 
 
-def restore_default_bridge(client: docker.DockerClient, wait_sec: float = 0.0) -> None:
-    """Put back this host's docker0 if a second dockerd removed it.
-
-    tls_dockerd runs dockerd with --bridge=none in the host's network namespace, and dockerd
-    then deletes the host's default bridge `docker0` (seconds after it starts), which breaks
-    `docker run` / `docker build` on this machine's engine for everyone. Recreate it with the
-    address the engine expects.
-    """
-    deadline = time.monotonic() + wait_sec
-    while time.monotonic() < deadline and _has_link("docker0"):
-        time.sleep(0.2)
-    if _has_link("docker0"):
-        return
-    ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    prefix = ipam["Subnet"].split("/")[1]
-    for cmd in (
-        ["ip", "link", "add", "name", "docker0", "type", "bridge"],
-        ["ip", "addr", "add", f"{ipam['Gateway']}/{prefix}", "dev", "docker0"],
-        ["ip", "link", "set", "docker0", "up"],
-    ):
-        subprocess.run(cmd, check=True, capture_output=True)
-
-
-def _has_link(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def tls(
     tmp_path_factory: pytest.TempPathFactory, local: docker.DockerClient
 ) -> Iterator[TlsDaemon]:
-    try:
-        with tls_dockerd(tmp_path_factory.mktemp("tlsd")) as daemon:
-            restore_default_bridge(local, wait_sec=5)
-            remote = DockerDaemon(daemon.host, daemon.good_client).client()
-            remote.images.load(local.images.get(BASE).save(named=True))  # the task images' base
-            remote.close()
-            yield daemon
-    finally:
-        restore_default_bridge(local)
+    with tls_dockerd(tmp_path_factory.mktemp("tlsd")) as daemon:
+        remote = DockerDaemon(daemon.host, daemon.good_client).client()
+        remote.images.load(local.images.get(BASE).save(named=True))  # the task images' base
+        remote.close()
+        yield daemon
 
 
 def _settings(tmp_path: Path, prefix: str, **overrides: Any) -> RolloutSettings:
