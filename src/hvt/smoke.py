@@ -107,23 +107,30 @@ def stack(
     }
     started = time.monotonic()
     typer.echo(f"hvt smoke: starting the CPU stack (project {project}, run dir {data})")
-    up = subprocess.run(
-        _compose(
-            root,
-            env,
-            "up",
-            "--abort-on-container-exit",
-            "--exit-code-from",
-            "trainer",
-            "trainer",
-            "litellm",
-            "sandbox-tls",
-            "smoke-certs",
-        ),
-        env=env,
-        check=False,
-    )
+    up = subprocess.run(_compose(root, env, "up", "-d", "--quiet-pull"), env=env, check=False)
     code = up.returncode
+    if code == 0:
+        # follow the trainer until it exits; its exit code is the step's verdict
+        subprocess.run(
+            _compose(root, env, "logs", "-f", "--no-log-prefix", "trainer"), env=env, check=False
+        )
+        trainer = client.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={project}",
+                    "com.docker.compose.service=trainer",
+                ]
+            },
+        )
+        code = int(trainer[0].wait()["StatusCode"]) if trainer else 1
+        if code != 0:
+            typer.echo("hvt smoke: the step failed; the proxy's last lines:", err=True)
+            subprocess.run(
+                _compose(root, env, "logs", "--tail", "40", "litellm", "sandbox-tls"),
+                env=env,
+                check=False,
+            )
     typer.echo(
         f"hvt smoke: step finished with exit code {code} after {time.monotonic() - started:.0f} s"
     )

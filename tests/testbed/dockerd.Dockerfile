@@ -7,7 +7,7 @@ RUN printf 'deb %s trixie main\n' "${DEBIAN_MIRROR}" > /etc/apt/sources.list.d/t
  && printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > /etc/apt/preferences.d/trixie \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t trixie \
-      docker.io iptables ca-certificates procps \
+      docker.io docker-cli iptables ca-certificates procps \
  && rm -rf /var/lib/apt/lists/*
 # containers on the inner bridge: the outer kernel may refuse per-interface IPv6 settings
 ENV DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1
