@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
@@ -59,3 +60,31 @@ def compare(
             continue
         diffs.append(VersionDiff(name, want, have))
     return diffs
+
+
+def read_inputs(path: Path) -> list[str]:
+    """Requirement lines of a *.in file (comments and options dropped)."""
+    out = []
+    for line in path.read_text().splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text and not text.startswith("-"):
+            out.append(text)
+    return out
+
+
+def unsatisfied(requirements: list[str], pins: dict[str, str]) -> list[str]:
+    """Each requirement the pins do not satisfy, with the reason (lock older than its inputs)."""
+    problems = []
+    for line in requirements:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate(
+            {"python_version": "3.12", "sys_platform": "linux", "platform_machine": "x86_64"}
+        ):
+            continue
+        name = str(canonicalize_name(req.name))
+        pinned = pins.get(name)
+        if pinned is None:
+            problems.append(f"{line}: not in the lock")
+        elif req.specifier and not req.specifier.contains(pinned, prereleases=True):
+            problems.append(f"{line}: the lock pins {pinned}")
+    return problems
