@@ -43,7 +43,7 @@ BRIDGE_FIX = [
 
 def _ensure_default_bridge() -> None:
     """Containers need the engine's docker0 bridge. A second dockerd started with --bridge=none
-    deletes it (tests/helpers/tls_dockerd.py starts one); put it back as the engine made it."""
+    deletes it (as a test daemon once did here); put it back as the engine made it."""
     probe = subprocess.run(
         ["docker", "run", "--rm", STAND_IN, "true"], capture_output=True, text=True
     )
