@@ -44,16 +44,23 @@ def test_engine_running_and_enabled(host: testinfra.host.Host) -> None:
     docker = host.service("docker")
     assert docker.is_running and docker.is_enabled
     assert host.package("docker.io").is_installed
+    assert host.run("docker buildx version").rc == 0
     version = host.run("docker compose version --short")
     assert version.rc == 0 and version.stdout.strip().lstrip("v").startswith("2."), version.stdout
 
 
-def test_only_compose_comes_from_trixie(host: testinfra.host.Host) -> None:
+def test_only_compose_and_buildx_come_from_trixie(host: testinfra.host.Host) -> None:
+    # installed versions that only trixie provides (python3-apt reads the origins)
     newer = host.run(
-        "dpkg-query -W -f '${Package} ${Version}\\n' | grep -E 'deb13|\\+trixie' || true"
+        'python3 -c "import apt\n'
+        "for p in apt.Cache():\n"
+        "    if p.is_installed:\n"
+        "        codes = {o.codename for o in p.installed.origins}\n"
+        "        if 'trixie' in codes and 'bookworm' not in codes: print(p.name)\""
     )
-    from_trixie = {line.split()[0] for line in newer.stdout.splitlines()}
-    assert from_trixie <= {"docker-compose"}, from_trixie
+    assert newer.rc == 0, newer.stderr
+    from_trixie = set(newer.stdout.split())
+    assert from_trixie == {"docker-compose", "docker-buildx"}, from_trixie
     assert host.package("libc6").version.startswith("2.36"), "libc6 moved off bookworm"
     pin = host.file("/etc/apt/preferences.d/docker-engine-trixie").content_string
     assert "Pin: release n=trixie" in pin and "Pin-Priority: 100" in pin
