@@ -112,7 +112,7 @@ env: ## write .env from .env.example with this host's values (keeps an existing 
 	  sed -e "s|^HVT_DATA_DIR=.*|HVT_DATA_DIR=$(CURDIR)/data|" \
 	      -e "s|^DOCKER_GID=.*|DOCKER_GID=$$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 999)|" \
 	      .env.example > .env && echo "wrote .env (edit MODELS_DIR and DATASETS_DIR)"; fi
-	@. ./.env && mkdir -p "$$HVT_DATA_DIR" && chown $(HVT_UID):$(HVT_UID) "$$HVT_DATA_DIR" 2>/dev/null || true
+	@. ./.env && mkdir -p "$$HVT_DATA_DIR/harbor_trials" && chown $(HVT_UID):$(HVT_UID) "$$HVT_DATA_DIR" "$$HVT_DATA_DIR/harbor_trials" 2>/dev/null || true
 
 secrets: ## create secrets/ (LiteLLM master key; empty wandb key) readable by the containers' user only
 	@umask 077; mkdir -p secrets/docker-tls secrets/kube

@@ -6,9 +6,6 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from hvt.bundle import bundle_root
 from hvt.config_scan import HUMAN_MARKER
@@ -45,74 +42,23 @@ print(json.dumps(out))
 """
 
 
-def _pins() -> dict[str, dict[str, str]]:
-    path = bundle_root() / "config" / "repos.yaml"
-    if not path.is_file():
-        return {}
-    raw: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
-    repos: dict[str, Any] = raw.get("repos") or raw
-    return {str(k): dict(v) for k, v in repos.items() if isinstance(v, dict)}
-
-
-def _git_head(tree: Path) -> str | None:
-    if not (tree / ".git").exists():
-        return None
-    out = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-    )
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def check_repos(ctx: Context) -> Iterator[Check]:
-    base = repos_dir()
-    pins = _pins()
-    if not pins:
-        yield fail(
-            "repos.pins",
-            f"no pins: {bundle_root() / 'config' / 'repos.yaml'} is missing",
-            "restore config/repos.yaml from the bundle",
-        )
+    from hvt import repos
+    from hvt.repos_spec import ReposConfigError
+
+    try:
+        reports = repos.inspect_all(bundle_root(), repos_dir())
+    except ReposConfigError as exc:
+        yield fail("repos.pins", str(exc), "restore config/repos.yaml from the bundle")
         return
-    for name, pin in pins.items():
-        tree = base / name
-        check = f"repos.{name}"
-        if not tree.is_dir() or not any(tree.iterdir()):
-            yield fail(check, f"{tree} is missing or empty", "run `make repos`")
-            continue
-        head = _git_head(tree)
-        commit = str(pin.get("commit", ""))
-        if head is not None and commit:
-            if head.startswith(commit) or commit.startswith(head):
-                yield ok(check, f"{tree} at pinned {commit[:12]}")
-            else:
-                yield fail(
-                    check,
-                    f"pin drift: repos.yaml {commit[:12]} -> HEAD {head[:12]}",
-                    f"git -C {tree} checkout {commit}, or update config/repos.yaml",
-                )
-            continue
-        stamp = tree / ".hvt-source.json"
-        if stamp.is_file():
-            source = json.loads(stamp.read_text())
-            wanted = {k: str(pin[k]) for k in ("pypi", "version", "commit") if k in pin}
-            have = {k: str(source.get(k, "")) for k in wanted}
-            if have == wanted:
-                yield ok(
-                    check,
-                    f"{tree} built from {source.get('origin', 'PyPI')} {source.get('version', '')}",
-                )
-            else:
-                yield fail(
-                    check,
-                    f"tree built from {have}, repos.yaml pins {wanted}",
-                    "move the tree aside and run `make repos`",
-                )
-            continue
-        yield warn(
-            check,
-            f"{tree} has no git metadata and no source stamp; its origin is unknown",
-            "move it aside and run `make repos` to get the pinned tree",
-        )
+    for r in reports:
+        name = f"repos.{r.name}"
+        if r.state is repos.State.UP_TO_DATE:
+            yield ok(name, f"at its pin: {r.detail} ({r.source})")
+        elif r.state is repos.State.DIRTY:
+            yield warn(name, r.detail, r.fix)
+        else:
+            yield fail(name, r.detail, r.fix)
 
 
 def _venv_python(ctx: Context) -> Path | None:

@@ -37,7 +37,7 @@ from hvt.preflight import Status, render_table
 from hvt.problems import ConfigError
 from hvt.run_paths import RunPaths
 
-console = Console(highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 EXP_PREFIX = "harbor-cc-sync-1n"
 # vLLM's periodic stats and verl's rollout timing: what the throughput log keeps.
 THROUGHPUT = re.compile(
@@ -179,6 +179,11 @@ def run(config_file: Path, *, cpu_smoke: bool, skip_preflight: bool) -> int:
             console.print(f"[red]{p.render()}[/]")
         return 2
     paths = RunPaths.from_config(cfg)
+    if cpu_smoke:  # the smoke makes its own model and task index, which the preflight checks
+        from hvt.smoke_step import prepare_inputs
+
+        model, rows = prepare_inputs(cfg)
+        console.print(f"[cyan]smoke[/] tiny model {model}; {len(rows)} task(s) indexed")
     if not skip_preflight:
         results, _ = preflight(config_file)
         if cpu_smoke:  # no GPU and no vLLM by design in CPU mode

@@ -146,10 +146,11 @@ def inspect_tree(name: str, tree: Path, wanted: dict[str, Any]) -> RepoReport | 
             f"patch under patches/{name}/ and list it in config/repos.yaml, then rebuild the tree",
             changed=changed,
         )
-    return RepoReport(name, State.UP_TO_DATE, source, detail=_describe(marker))
+    return RepoReport(name, State.UP_TO_DATE, source, detail=describe_marker(marker))
 
 
-def _describe(marker: dict[str, Any]) -> str:
+def describe_marker(marker: dict[str, Any]) -> str:
+    """What a tree was built from: `commit <sha>` or the release file."""
     if marker.get("source") == "git":
         return f"commit {str(marker.get('commit'))[:12]}"
     return str(marker.get("wanted", {}).get("pypi", {}).get("filename", ""))
@@ -187,7 +188,7 @@ def build_tree(
         }
         (staged / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
         staged.rename(tree)
-    return RepoReport(name, State.BUILT, str(marker["source"]), detail=_describe(marker))
+    return RepoReport(name, State.BUILT, str(marker["source"]), detail=describe_marker(marker))
 
 
 def sync_repos(
@@ -268,3 +269,18 @@ def repos_command(
                 console.print(f"    fix: {r.fix}")
     if any(r.state in bad for r in reports):
         raise typer.Exit(1)
+
+
+def inspect_all(bundle: Path, root: Path) -> list[RepoReport]:
+    """The state of every pinned tree, read-only (the preflight's view; `make repos` fixes)."""
+    spec = load_spec(bundle / "config" / "repos.yaml")
+    reports = []
+    for name, pin in spec.repos.items():
+        report = inspect_tree(name, root / name, wanted_identity(pin, bundle))
+        reports.append(
+            report
+            or RepoReport(
+                name, State.FAILED, detail=f"{root / name} is missing", fix="run `make repos`"
+            )
+        )
+    return reports

@@ -9,7 +9,6 @@ under a lock, so concurrent writers never interleave.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import subprocess
@@ -51,37 +50,25 @@ def redact(node: Any) -> Any:
 
 
 def tree_sources(base: Path | None = None) -> dict[str, str]:
-    """The commit (git) or release stamp of every tree in repos/."""
+    """What each tree in repos/ was built from (`hvt repos` records it), or its git commit."""
+    from hvt.repos import describe_marker, read_marker
+
     root = base or repos_dir()
     out: dict[str, str] = {}
     if not root.is_dir():
         return out
     for tree in sorted(p for p in root.iterdir() if p.is_dir()):
+        marker = read_marker(tree)
+        if marker is not None:
+            out[tree.name] = f"{marker.get('source', '?')}: {describe_marker(marker)}"
+            continue
         head = subprocess.run(
             ["git", "-C", str(tree), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
             check=False,
         )
-        dirty = subprocess.run(
-            ["git", "-C", str(tree), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        stamp = tree / ".hvt-source.json"
-        if head.returncode == 0 and (tree / ".git").exists():
-            out[tree.name] = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-        elif stamp.is_file():
-            info = json.loads(stamp.read_text())
-            out[tree.name] = (
-                " ".join(
-                    str(info.get(k, "")) for k in ("origin", "name", "version") if info.get(k)
-                ).strip()
-                or "stamped"
-            )
-        else:
-            out[tree.name] = "unknown"
+        out[tree.name] = head.stdout.strip() if head.returncode == 0 else "unknown"
     return out
 
 

@@ -91,9 +91,10 @@ def stack(
         typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
         raise typer.Exit(2)
     data = data_dir.resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(data, 1000, 1000)  # the containers' user writes the run directory
+    for sub in (data, data / "harbor_trials"):  # the proxy checks the trials root is mounted
+        sub.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(sub, 1000, 1000)  # the containers' user writes the run directory
     sock = Path("/var/run/docker.sock")
     env = {
         **os.environ,
