@@ -134,6 +134,12 @@ def load_images_into(remote_host: str, cert_dir: Path, images: list[str]) -> flo
 
     from hvt.docker_remote import connect
 
+    missing = [f for f in ("ca.pem", "cert.pem", "key.pem") if not (cert_dir / f).is_file()]
+    if missing:
+        raise SmokeFailure(
+            f"{', '.join(missing)} missing in {cert_dir} "
+            "(harbor_agent.docker_cert_path; the smoke-certs service writes them)"
+        )
     started = time.monotonic()
     local = docker.from_env(timeout=600)
     remote = connect(remote_host, cert_dir, timeout=600)
@@ -175,6 +181,7 @@ def verl_math(samples: list[Any], groups: list[str], config: RunConfig) -> dict[
     actor = FSDPActorConfig(
         strategy="fsdp",
         ppo_mini_batch_size=len(samples),
+        ppo_micro_batch_size_per_gpu=1,
         rollout_n=1,
         clip_ratio_low=a.clip_ratio_low,
         clip_ratio_high=a.clip_ratio_high,
