@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +39,7 @@ from hvt.bundle import bundle_root
 from hvt.config_load import load
 from hvt.config_model import RunConfig
 
-console = Console(highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 REMOTE_ENV = "harbor_patch.environments.remote_docker:RemoteDockerEnvironment"
 PROXY_WAIT_S = 600.0
 
@@ -320,6 +321,7 @@ def run(config_file: Path, exp: str) -> int:
             for n in range(i.training.n_resp_per_prompt)
         ]
         oracle = replace(local, agent_name="oracle", agent_import_path=None, agent_kwargs={})
+        # in the same group as claude-code's tries of that task: GRPO sees rewards 1 and 0
         planned.append(
             Planned(
                 f"{rows[-1]['extra_info']['instance_id']}#oracle",
@@ -327,7 +329,7 @@ def run(config_file: Path, exp: str) -> int:
                 "oracle",
                 rows[-1],
                 oracle,
-                "oracle",
+                rows[-1]["extra_info"]["instance_id"],
             )
         )
         if remote_host:
