@@ -34,41 +34,6 @@ def _image_exists(name: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
 
 
-BRIDGE_FIX = [
-    ["ip", "link", "add", "docker0", "type", "bridge"],
-    ["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"],
-    ["ip", "link", "set", "docker0", "up"],
-]
-
-
-def _ensure_default_bridge() -> None:
-    """Containers need the engine's docker0 bridge. A second dockerd started with --bridge=none
-    deletes it (as a test daemon once did here); put it back as the engine made it."""
-    probe = subprocess.run(
-        ["docker", "run", "--rm", STAND_IN, "true"], capture_output=True, text=True
-    )
-    if probe.returncode == 0 or "docker0" not in probe.stderr:
-        return
-    subnet = subprocess.run(
-        [
-            "docker",
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
-        ],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    print("\n[infra] WARNING: docker0 is gone (a dockerd --bridge=none removed it); re-creating it")
-    for cmd in BRIDGE_FIX:
-        cmd = [part.replace("172.17.0.1", subnet or "172.17.0.1") for part in cmd]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"docker0 is gone and `{' '.join(cmd)}` failed: {done.stderr.strip()}")
-
-
 @pytest.fixture(scope="session")
 def images(pytestconfig: pytest.Config) -> dict[str, str]:
     """Build (or refresh from cache) the three images once; the build log shows live."""
@@ -76,7 +41,6 @@ def images(pytestconfig: pytest.Config) -> dict[str, str]:
         pytest.skip("no Docker engine (fix: make testbed)")
     if not _image_exists(STAND_IN):
         pytest.skip(f"the stand-in base {STAND_IN} is missing (fix: make testbed)")
-    _ensure_default_bridge()
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     hvt = str(Path(sys.executable).with_name("hvt"))
     with capture.global_and_fixture_disabled():  # type: ignore[union-attr]
