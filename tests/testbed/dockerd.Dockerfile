@@ -3,6 +3,8 @@
 ARG DEBIAN_IMAGE=local/debian:bookworm
 FROM ${DEBIAN_IMAGE}
 ARG DEBIAN_MIRROR=http://deb.debian.org/debian
+# test-bed stand-in, never shipped: it takes the archive's current packages
+# hadolint ignore=DL3008
 RUN printf 'deb %s trixie main\n' "${DEBIAN_MIRROR}" > /etc/apt/sources.list.d/trixie.list \
  && printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > /etc/apt/preferences.d/trixie \
  && apt-get update \
