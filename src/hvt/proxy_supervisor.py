@@ -32,10 +32,9 @@ from typing import Any
 
 import yaml
 
-from hvt import trajectory_paths
+from hvt import master_key, trajectory_paths
+from hvt.master_key import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV
 
-MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
-MASTER_KEY_FILE_ENV = "LITELLM_MASTER_KEY_FILE"
 STOP_GRACE_S = 10.0
 MAX_CRASHES = 5
 
@@ -45,32 +44,10 @@ class ProxyError(RuntimeError):
 
 
 def resolve_master_key(env: Mapping[str, str]) -> str:
-    direct = env.get(MASTER_KEY_ENV, "")
-    file_name = env.get(MASTER_KEY_FILE_ENV, "")
-    from_file = ""
-    if file_name:
-        try:
-            from_file = Path(file_name).read_text().strip()
-        except OSError as exc:
-            raise ProxyError(
-                f"{MASTER_KEY_FILE_ENV}={file_name} cannot be read: {exc.strerror} "
-                "(mount the compose secret there, or set LITELLM_MASTER_KEY)"
-            ) from None
-        if not from_file:
-            raise ProxyError(f"{MASTER_KEY_FILE_ENV}={file_name} is empty (write the key into it)")
-    if direct and from_file and direct != from_file:
-        raise ProxyError(
-            f"{MASTER_KEY_ENV} and {MASTER_KEY_FILE_ENV} are both set and differ; set only one"
-        )
-    key = direct.strip() or from_file
-    if not key:
-        raise ProxyError(
-            f"refusing to start without a master key: set {MASTER_KEY_ENV} or "
-            f"{MASTER_KEY_FILE_ENV} (a file holding the key, e.g. /run/secrets/litellm_master_key)"
-        )
-    if len(key) < 16:
-        raise ProxyError(f"the master key is {len(key)} characters long; use at least 16")
-    return key
+    try:
+        return master_key.resolve(env)
+    except master_key.MasterKeyError as exc:
+        raise ProxyError(str(exc)) from None
 
 
 def check_config(path: Path, served_model_name: str | None = None) -> tuple[str, int]:

@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hvt import smoke_policy
+from hvt import master_key, smoke_policy
 from hvt.bundle import bundle_root
 from hvt.config_load import load
 from hvt.config_model import RunConfig
@@ -257,8 +257,6 @@ def run(config_file: Path, exp: str) -> int:
     started = time.monotonic()
     cfg = load(config_file)
     i = cfg.inputs
-    key_file = os.environ.get("LITELLM_MASTER_KEY_FILE", "")
-    key = Path(key_file).read_text().strip() if key_file and Path(key_file).is_file() else ""
     internal = os.environ.get(
         "HVT_PROXY_INTERNAL_URL", f"http://127.0.0.1:{i.infrastructure.litellm_port}"
     )
@@ -294,8 +292,10 @@ def run(config_file: Path, exp: str) -> int:
             time.monotonic() - t0,
         )
 
-        if not key:
-            raise SmokeFailure("no LiteLLM master key (LITELLM_MASTER_KEY_FILE)")
+        try:
+            key = master_key.resolve(os.environ)
+        except master_key.MasterKeyError as exc:
+            raise SmokeFailure(str(exc)) from None
         waited = wait_for_proxy(internal, key, i.model.served_model_name)
         report.add(
             "discovery+proxy", True, f"{internal} serves {i.model.served_model_name!r}", waited

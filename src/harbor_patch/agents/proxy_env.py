@@ -17,11 +17,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from hvt.master_key import MASTER_KEY_ENV, MasterKeyError
+from hvt.master_key import resolve as resolve_master_key
 from hvt.trajectory_paths import HEADER as TRIAL_HEADER
 from hvt.trajectory_paths import ROOT_ENV as TRIALS_ROOT_ENV
 
-MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
-MASTER_KEY_FILE_ENV = "LITELLM_MASTER_KEY_FILE"
 PROXY_URL_ENV = "HVT_PROXY_URL"
 TEMPERATURE_HEADER = "x-harbor-temperature"
 MODEL_VARS = (
@@ -47,25 +47,12 @@ class ProxySettingsError(RuntimeError):
 
 
 def master_key(environ: Mapping[str, str] | None = None, key_env: str = MASTER_KEY_ENV) -> str:
-    env = os.environ if environ is None else environ
-    if env.get(key_env):
-        return env[key_env]
-    key_file = env.get(MASTER_KEY_FILE_ENV)
-    if key_file:
-        try:
-            key = Path(key_file).read_text().strip()
-        except OSError as exc:
-            raise ProxySettingsError(
-                f"{MASTER_KEY_FILE_ENV}={key_file} cannot be read ({exc.strerror}); mount the "
-                "litellm_master_key compose secret there"
-            ) from None
-        if key:
-            return key
-        raise ProxySettingsError(f"{MASTER_KEY_FILE_ENV}={key_file} is empty")
-    raise ProxySettingsError(
-        f"no LiteLLM master key in the trainer's environment: set {key_env} or "
-        f"{MASTER_KEY_FILE_ENV} (the compose secret litellm_master_key)"
-    )
+    try:
+        return resolve_master_key(os.environ if environ is None else environ, key_env)
+    except MasterKeyError as exc:
+        raise ProxySettingsError(
+            f"the trainer cannot hand claude-code the proxy key: {exc}"
+        ) from None
 
 
 def proxy_url(explicit: str | None, environ: Mapping[str, str] | None = None) -> str:
