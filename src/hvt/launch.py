@@ -28,7 +28,7 @@ import psutil
 import typer
 from rich.console import Console
 
-from hvt import config_summary, litellm_config, ownership, run_records, verl_command
+from hvt import config_summary, litellm_config, ownership, ray_auth, run_records, verl_command
 from hvt.bundle import bundle_root, default_config_path
 from hvt.config_load import load
 from hvt.config_model import RunConfig
@@ -205,6 +205,7 @@ def run(config_file: Path, *, cpu_smoke: bool, skip_preflight: bool) -> int:
             "HVT_WORKDIR": str(paths.workdir),
             "HVT_TRIALS_DIR": str(paths.project_trials / exp),
             "RAY_ADDRESS": f"127.0.0.1:{cfg.inputs.infrastructure.ray_port}",
+            **ray_auth.settings(paths.state),
             "TENSORBOARD_DIR": str(paths.workdir / "tensorboard" / paths.project / exp),
             "WANDB_MODE": cfg.inputs.credentials.wandb_mode,
             "WANDB_DIR": str(paths.wandb),

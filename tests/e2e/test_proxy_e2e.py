@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hvt import ray_auth
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -125,7 +127,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     temp = Path(f"/tmp/hvt-e2e-ray-{os.getpid()}")  # short: Ray's socket paths have a length cap
     temp.mkdir(exist_ok=True)
     port = free_port_outside_ray_worker_range()
-    env = {**os.environ, **LOOPBACK_RAY, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **LOOPBACK_RAY, **ray_auth.settings(temp), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     log = (tmp_path_factory.mktemp("ray") / "ray.log").open("w")
     proc = subprocess.Popen(
