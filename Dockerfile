@@ -22,6 +22,39 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN groupadd --gid 1000 hvt \
  && useradd --uid 1000 --gid hvt --create-home --shell /bin/bash hvt
 COPY --chmod=0755 entrypoint/with-build-ca.sh /usr/local/bin/with-build-ca
+# what the image was built from: the base here, the Debian files in /usr/share/hvt/debian/
+ARG BASE_IMAGE
+LABEL org.opencontainers.image.base.name="${BASE_IMAGE}"
+RUN install -d /usr/share/hvt/debian && printf '%s\n' "${BASE_IMAGE}" > /usr/share/hvt/base-image
+
+# ---------------------------------------------------------------------------------------------
+# Debian files, exactly as locks/debian.lock pins them (package, archive path, sha256; `make
+# lock` regenerates it). One stage per consumer; CI rebuilds these without cache on every run
+# (make image COLD_FETCH=1), and an unchanged result leaves the layers that use it cached.
+# A pin the archive no longer serves stops here with one line naming it and `make lock`.
+FROM base AS debs-cli-tools
+ARG DEBIAN_MIRROR=http://deb.debian.org/debian
+ARG DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security
+RUN --mount=type=secret,id=build_ca \
+    --mount=type=bind,source=locks/debian.lock,target=/tmp/debian.lock \
+    --mount=type=bind,source=entrypoint/debian-fetch.py,target=/tmp/debian-fetch.py \
+    with-build-ca python3 /tmp/debian-fetch.py fetch /tmp/debian.lock cli-tools /debs
+
+FROM base AS debs-trainer
+ARG DEBIAN_MIRROR=http://deb.debian.org/debian
+ARG DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security
+RUN --mount=type=secret,id=build_ca \
+    --mount=type=bind,source=locks/debian.lock,target=/tmp/debian.lock \
+    --mount=type=bind,source=entrypoint/debian-fetch.py,target=/tmp/debian-fetch.py \
+    with-build-ca python3 /tmp/debian-fetch.py fetch /tmp/debian.lock trainer /debs
+
+FROM base AS debs-agent-runtime
+ARG DEBIAN_MIRROR=http://deb.debian.org/debian
+ARG DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security
+RUN --mount=type=secret,id=build_ca \
+    --mount=type=bind,source=locks/debian.lock,target=/tmp/debian.lock \
+    --mount=type=bind,source=entrypoint/debian-fetch.py,target=/tmp/debian-fetch.py \
+    with-build-ca python3 /tmp/debian-fetch.py fetch /tmp/debian.lock agent-runtime /debs
 
 # ---------------------------------------------------------------------------------------------
 # uv, from PyPI by hash (the base may have no pip: ensurepip is offline).
@@ -35,36 +68,18 @@ RUN --mount=type=secret,id=build_ca \
 
 # ---------------------------------------------------------------------------------------------
 # docker CLI + compose plugin + kubectl: Go binaries from Debian trixie's packages (they need
-# only libc6 >= 2.34, bookworm has 2.36). apt verifies them against the signed archive index;
-# the sha256 below pins the exact files on top of that.
+# only libc6 >= 2.34, bookworm has 2.36), unpacked from the pinned files of debs-cli-tools.
 FROM base AS cli-tools
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ARG DEBIAN_MIRROR=http://deb.debian.org/debian
-ARG DOCKER_CLI_VERSION=26.1.5+dfsg1-9+deb13u1
-ARG DOCKER_CLI_SHA256=e78ac35b7a21652546ca1a739f63e4f31fe52e4385a9baf7020be400c594f23d
-ARG COMPOSE_VERSION=2.26.1-4
-ARG COMPOSE_SHA256=47681197cb2b1ab88206b42a1a92fc75f50d9530a6322d03494a473eed0408ea
-ARG KUBECTL_VERSION=1.32.3+ds-2
-ARG KUBECTL_SHA256=9825aaf4c14913027aae04af8688e580459f781c829bd5de00cc4dc2cc5a867f
-WORKDIR /tmp/debs
-RUN printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s trixie main\n' \
-      "${DEBIAN_MIRROR}" > /etc/apt/sources.list.d/hvt-trixie.list \
- && printf 'Package: *\nPin: release n=trixie\nPin-Priority: 1\n' > /etc/apt/preferences.d/hvt-trixie \
- && apt-get update -qq \
- && apt-get download -qq "docker-cli=${DOCKER_CLI_VERSION}" "docker-compose=${COMPOSE_VERSION}" \
-      "kubectl=${KUBECTL_VERSION}" \
- && for pair in "docker-cli:${DOCKER_CLI_SHA256}" "docker-compose:${COMPOSE_SHA256}" \
-                "kubectl:${KUBECTL_SHA256}"; do \
-      deb=$(ls "${pair%%:*}"_*.deb) && echo "${pair#*:}  ${deb}" | sha256sum --strict -c - \
-      && dpkg-deb -x "${deb}" /tmp/root || exit 1; \
-    done \
- && mkdir -p /out/usr/local/bin /out/usr/local/lib/docker/cli-plugins \
+RUN --mount=type=bind,from=debs-cli-tools,source=/debs,target=/tmp/debs \
+    for deb in /tmp/debs/*.deb; do dpkg-deb -x "${deb}" /tmp/root || exit 1; done \
+ && mkdir -p /out/usr/local/bin /out/usr/local/lib/docker/cli-plugins /out/usr/share/hvt/debian \
  && install -m 0755 /tmp/root/usr/bin/docker /tmp/root/usr/bin/kubectl /out/usr/local/bin/ \
  && install -m 0755 /tmp/root/usr/libexec/docker/cli-plugins/docker-compose \
       /out/usr/local/lib/docker/cli-plugins/ \
+ && install -m 0644 /tmp/debs/manifest.json /out/usr/share/hvt/debian/cli-tools.json \
  && /out/usr/local/bin/docker --version \
  && /out/usr/local/bin/kubectl version --client \
- && rm -rf /tmp/root /tmp/debs/*.deb /var/lib/apt/lists/* /etc/apt/sources.list.d/hvt-trixie.list
+ && rm -rf /tmp/root
 
 # ---------------------------------------------------------------------------------------------
 # The trainer's locked dependencies. Only locks/trainer.lock enters this layer, so a change in
@@ -73,13 +88,11 @@ RUN printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s tr
 FROM base AS trainer-deps
 # the cache mounts' ids: scripts/bench_build.py sets fresh ones to time a truly cold build
 ARG UV_CACHE_ID=hvt-uv-cache
-# Debian packages float within bookworm (security updates replace old versions in the archive,
-# so an exact pin would break the build); what must not move is pinned: the locked venv and the
-# .debs of the cli-tools stage, by sha256.
-# hadolint ignore=DL3008
-RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git procps \
- && rm -rf /var/lib/apt/lists/*
+# git and procps with their dependencies: only the locked files (no apt-get update here)
+RUN --mount=type=bind,from=debs-trainer,source=/debs,target=/tmp/debs \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends /tmp/debs/*.deb \
+ && install -m 0644 /tmp/debs/manifest.json /usr/share/hvt/debian/trainer.json \
+ && rm -rf /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log
 COPY --from=uv /opt/uv /opt/uv
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/opt/uv/bin:$PATH
@@ -169,12 +182,10 @@ CMD ["version"]
 # Node.js + claude-code as one self-contained tree for task containers that have no node:
 # /opt/custom-agent-runtime/claude-code/{bin/claude,bin/node,lib/,runtime-env.sh}.
 FROM base AS agent-runtime-build
-# build-stage tools only (see trainer-deps on why apt packages float within bookworm)
-# hadolint ignore=DL3008
-RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm \
-      libstdc++6 \
- && rm -rf /var/lib/apt/lists/*
+# build-stage tools only (nodejs, npm, libstdc++6): the locked files, as in trainer-deps
+RUN --mount=type=bind,from=debs-agent-runtime,source=/debs,target=/tmp/debs \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends /tmp/debs/*.deb \
+ && install -m 0644 /tmp/debs/manifest.json /usr/share/hvt/debian/agent-runtime.json
 WORKDIR /build
 ARG NPM_CACHE_ID=hvt-npm-cache
 COPY locks/agent-runtime/package.json locks/agent-runtime/package-lock.json ./
@@ -198,6 +209,7 @@ RUN install -d "${RUNTIME_ROOT}/libexec" "${RUNTIME_ROOT}/lib" \
 
 FROM base AS agent-runtime
 COPY --from=agent-runtime-build /opt/custom-agent-runtime/ /opt/custom-agent-runtime/
+COPY --from=agent-runtime-build /usr/share/hvt/debian/ /usr/share/hvt/debian/
 COPY --chmod=0755 entrypoint/agent-runtime.sh /entrypoint/agent-runtime.sh
 USER 1000:1000
 ENTRYPOINT ["/entrypoint/agent-runtime.sh"]

@@ -10,15 +10,20 @@ HVT       := $(VENV)/bin/hvt
 CONFIG    ?= config/config.yaml
 PYTEST_ARGS ?=
 PROXY_VENV ?= .venv-proxy
-# images (docs/images.md). BASE_IMAGE: empty = the Dockerfile's digest-pinned public base; where
-# the test bed's stand-in exists (no registry here) it is used, and `make image` says so.
+# images (docs/images.md). BASE_IMAGE: the digest-pinned public base where a registry answers, else
+# the test bed's stand-in (`hvt images base`, src/hvt/base_images.py; asked once, when first used;
+# its reason goes to stderr). Empty = the Dockerfile's default (also without a venv).
 IMAGE_PREFIX ?= verl-swe-rl
 IMAGE_TAG    ?= $(IMAGE_SHA)
 IMAGE_SHA    := $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
-STAND_IN     := $(shell docker image inspect local/python:3.12-bookworm >/dev/null 2>&1 && echo local/python:3.12-bookworm)
-BASE_IMAGE   ?= $(STAND_IN)
+BASE_IMAGE   ?= $(eval BASE_IMAGE := $(shell test -x $(HVT) && $(HVT) images base))$(BASE_IMAGE)
 BUILD_CA     ?= /etc/ssl/certs/ca-certificates.crt
 PROGRESS     ?= plain
+DOCKERFILE_BASE := $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
+# COLD_FETCH=1: re-run the stages that fetch from Debian without BuildKit's cache (CI does), so a
+# pin the archive dropped fails today; identical files leave every later layer cached.
+COLD_FETCH   ?=
+DEB_STAGES   := debs-cli-tools debs-trainer debs-agent-runtime
 # make provision (docs/provisioning.md): the inventory you filled in, an optional --limit, and
 # extra ansible-playbook arguments (e.g. ANSIBLE_ARGS=--ask-vault-pass).
 INVENTORY    ?= ansible/inventory/local/hosts.yml
@@ -29,7 +34,7 @@ ANSIBLE_PLAYBOOK := ANSIBLE_CONFIG=ansible/ansible.cfg $(VENV)/bin/ansible-playb
 LOCK_FLAGS   := --generate-hashes --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
                 --index-url https://pypi.org/simple --custom-compile-command 'make lock' -q
 
-.PHONY: help venv proxy-venv testbed lint typecheck test test-unit dryrun clean repos lock image verify-venv env secrets up down provision provision-inventory provision-check ansible-collections test-ansible smoke
+.PHONY: help venv proxy-venv testbed check-pins lint typecheck test test-unit dryrun clean repos lock image verify-venv env secrets up down provision provision-inventory provision-check ansible-collections test-ansible smoke
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -85,11 +90,15 @@ clean: $(PY) ## stop what this bundle started (keeps checkpoints and wandb runs)
 repos: $(PY) ## pinned harbor + verl sources into repos/ (config/repos.yaml; no-op when in place)
 	$(HVT) repos
 
-lock: $(PY) ## regenerate locks/*.lock (uv, hashes, linux x86_64, Python 3.12)
+lock: $(PY) ## regenerate locks/ (uv and npm with hashes; Debian files by sha256, resolved in the base)
 	$(VENV)/bin/uv pip compile pyproject.toml locks/trainer.in --override locks/overrides.txt $(LOCK_FLAGS) -o locks/trainer.lock
 	$(VENV)/bin/uv pip compile pyproject.toml locks/proxy.in --override locks/overrides.txt $(LOCK_FLAGS) -o locks/proxy.lock
 	$(VENV)/bin/uv pip compile locks/uv.in $(LOCK_FLAGS) -o locks/uv.lock
 	cd locks/agent-runtime && npm install --package-lock-only --ignore-scripts --no-audit --no-fund
+	$(HVT) pins lock-debian --base-image '$(or $(BASE_IMAGE),$(DOCKERFILE_BASE))'
+
+check-pins: $(PY) ## is every file the locks pin still served? (PyPI, npm, Debian; CI runs it)
+	$(HVT) pins check
 
 image: ## build the trainer, proxy and agent-runtime images (tags: latest and the git short sha)
 	@test -d repos/verl -a -d repos/harbor || { echo "repos/ is empty: run make repos first" >&2; exit 1; }
@@ -98,6 +107,7 @@ image: ## build the trainer, proxy and agent-runtime images (tags: latest and th
 	  echo "== $(IMAGE_PREFIX)/$$target:$(IMAGE_TAG)"; \
 	  docker buildx build --progress=$(PROGRESS) --target $$target \
 	    $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	    $(if $(COLD_FETCH),$(foreach s,$(DEB_STAGES),--no-cache-filter $(s))) \
 	    $(if $(wildcard $(BUILD_CA)),--secret id=build_ca$(,)src=$(BUILD_CA)) \
 	    -t $(IMAGE_PREFIX)/$$target:latest -t $(IMAGE_PREFIX)/$$target:$(IMAGE_TAG) --load . || exit 1; \
 	done

@@ -6,6 +6,7 @@ import typer
 
 from hvt import (
     __version__,
+    base_images,
     clean,
     config_cli,
     dryrun_cli,
@@ -13,6 +14,7 @@ from hvt import (
     launch,
     litellm_config_cli,
     metrics,
+    pins_cli,
     proxy_cli,
     repos,
     smoke,
@@ -29,7 +31,9 @@ app = typer.Typer(
 )
 app.add_typer(config_cli.app, name="config")
 app.add_typer(smoke.app, name="smoke")
+app.add_typer(base_images.app, name="images")
 app.add_typer(tasks_index.app, name="tasks")
+app.add_typer(pins_cli.app, name="pins")
 app.command("dryrun")(dryrun_cli.dryrun)
 app.command("launch")(launch.launch)
 app.command("health")(health.health)

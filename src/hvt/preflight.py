@@ -81,11 +81,13 @@ STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Sta
 
 
 def render_table(results: list[Check], console: Console) -> None:
+    # Key paths and file paths are long single words: fold them onto the next line, never cut
+    # them with an ellipsis (at 80 columns every `runtime_info.input.*` key would read the same).
     table = Table(title="hvt dryrun", show_lines=False)
-    table.add_column("check", no_wrap=True)
+    table.add_column("check", overflow="fold")
     table.add_column("status", no_wrap=True)
-    table.add_column("detail")
-    table.add_column("remedy")
+    table.add_column("detail", overflow="fold")
+    table.add_column("remedy", overflow="fold")
     for r in results:
         table.add_row(r.name, f"[{STYLE[r.status]}]{r.status.value}[/]", r.detail, r.remedy)
     console.print(table)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from hvt import base_images
 from hvt.tls_certs import write_daemon_set
 
 app = typer.Typer(help="The CPU smoke run (make smoke).", no_args_is_help=True)
@@ -41,7 +42,6 @@ def step(
 
 STACK_FILES = ("compose.yaml", "compose.cpu.yaml")
 IMAGES = ("trainer", "proxy", "agent-runtime")
-STAND_INS = ("local/python:3.12-bookworm", "local/dockerd:bookworm")
 
 
 def _compose(root: Path, env: dict[str, str], *args: str) -> list[str]:
@@ -56,6 +56,25 @@ def _compose(root: Path, env: dict[str, str], *args: str) -> list[str]:
         *files,
         *args,
     ]
+
+
+def pull_missing(client: Any, refs: list[str]) -> None:
+    """Pull the pinned public images this engine lacks, before compose needs them."""
+    import subprocess
+
+    wanted = [ref for ref in refs if ref not in base_images.present_images(client, refs)]
+    for ref in wanted:
+        typer.echo(f"hvt smoke: pulling {ref}")
+        pulled = subprocess.run(
+            ["docker", "pull", "-q", ref], capture_output=True, text=True, check=False
+        )
+        if pulled.returncode != 0:
+            typer.echo(
+                f"hvt smoke: cannot pull {ref}: {pulled.stderr.strip()[-500:]} (fix: network "
+                "access to the registry; offline, `make testbed` and HVT_IMAGES=local)",
+                err=True,
+            )
+            raise typer.Exit(2)
 
 
 @app.command("stack")
@@ -75,17 +94,21 @@ def stack(
 
     root = bundle_root()
     client = docker.from_env()
+    try:
+        images = base_images.resolve(os.environ, client)
+    except base_images.NoImagesError as exc:
+        typer.echo(f"hvt smoke: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"hvt smoke: {images.line}")
     prefix = os.environ.get("IMAGE_PREFIX", "verl-swe-rl")
     tag = os.environ.get("IMAGE_TAG", "latest")
-    missing = [f"{prefix}/{name}:{tag}" for name in IMAGES] + list(STAND_INS)
+    missing = [f"{prefix}/{name}:{tag}" for name in IMAGES]
     missing = [m for m in missing if not client.images.list(name=m)]
     if missing:
-        typer.echo(
-            f"hvt smoke: missing images {', '.join(missing)} (fix: make image; the local/ "
-            "stand-ins come from make testbed)",
-            err=True,
-        )
+        typer.echo(f"hvt smoke: missing images {', '.join(missing)} (fix: make image)", err=True)
         raise typer.Exit(2)
+    if images.source == "public":
+        pull_missing(client, [images.python, images.dockerd])
     key = root / "secrets" / "litellm_master_key"
     if not key.is_file():
         typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
@@ -105,6 +128,8 @@ def stack(
         "DOCKER_GID": str(sock.stat().st_gid if sock.exists() else 999),
         "IMAGE_PREFIX": prefix,
         "IMAGE_TAG": tag,
+        "DOCKERD_IMAGE": images.dockerd,  # the TLS sandbox daemon (compose.cpu.yaml)
+        "HVT_TASK_BASE_IMAGE": images.python,  # the smoke tasks' BASE_IMAGE (smoke_step.py)
     }
     started = time.monotonic()
     typer.echo(f"hvt smoke: starting the CPU stack (project {project}, run dir {data})")

@@ -24,6 +24,7 @@ import os
 import socket
 import struct
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hvt import master_key, smoke_policy
+from hvt import base_images, master_key, smoke_policy
 from hvt.bundle import bundle_root
 from hvt.config_load import load
 from hvt.config_model import RunConfig
@@ -151,6 +152,18 @@ def load_images_into(remote_host: str, cert_dir: Path, images: list[str]) -> flo
         console.print(f"[smoke] loading {name} into {remote_host}")
         remote.images.load(local.images.get(name).save(named=True))
     return time.monotonic() - started
+
+
+def base_image_overlay(base: str, directory: Path) -> tuple[Path, ...]:
+    """A compose overlay passing `base` as the BASE_IMAGE build argument of every smoke task
+    (their Dockerfiles: `ARG BASE_IMAGE=<pinned public image>`); none for an empty `base`."""
+    if not base:
+        return ()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "docker-compose-base-image.json"
+    spec = {"services": {"main": {"build": {"args": {"BASE_IMAGE": base}}}}}
+    path.write_text(json.dumps(spec, indent=2))
+    return (path,)
 
 
 def remote_variant(cfg: RunConfig, host: str, cert_dir: str) -> RunConfig:
@@ -306,8 +319,16 @@ def run(config_file: Path, exp: str) -> int:
         from verl_patch.rollout_settings import RolloutSettings
 
         trials_dir = os.environ.get("HVT_TRIALS_DIR")
+        # the tasks' base image hvt smoke chose (public pinned, or the offline stand-in)
+        base = os.environ.get("HVT_TASK_BASE_IMAGE", "")
+        base_overlay = base_image_overlay(base, Path(tempfile.mkdtemp(prefix="hvt-smoke-")))
         local = RolloutSettings.from_run_config(cfg, trials_dir=trials_dir)
-        local = replace(local, max_retries=0)
+        local = replace(local, max_retries=0, extra_compose=(*local.extra_compose, *base_overlay))
+        report.add(
+            "task base image",
+            True,
+            base or "the tasks' Dockerfile default (python:3.12-slim-bookworm, pinned)",
+        )
         planned = [
             Planned(
                 f"{row['extra_info']['instance_id']}#{n}",
@@ -334,7 +355,9 @@ def run(config_file: Path, exp: str) -> int:
         )
         if remote_host:
             t0 = time.monotonic()
-            images = [i.harbor_agent.runtime_image, "local/python:3.12-bookworm"]
+            # a stand-in exists only here: copy it; the daemon pulls a public base itself
+            images = [i.harbor_agent.runtime_image]
+            images += [base] if base and base_images.is_stand_in(base) else []
             load_images_into(remote_host, cert_dir, images)
             report.add(
                 "remote images",
@@ -343,8 +366,9 @@ def run(config_file: Path, exp: str) -> int:
                 time.monotonic() - t0,
             )
             remote_cfg = remote_variant(cfg, remote_host, str(cert_dir))
+            remote = RolloutSettings.from_run_config(remote_cfg, trials_dir=trials_dir)
             remote = replace(
-                RolloutSettings.from_run_config(remote_cfg, trials_dir=trials_dir), max_retries=0
+                remote, max_retries=0, extra_compose=(*remote.extra_compose, *base_overlay)
             )
             planned.append(
                 Planned(

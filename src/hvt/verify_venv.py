@@ -6,7 +6,9 @@ Fails loudly unless:
   * `from docker import DockerClient` gets the real SDK (no `docker/` folder shadows it);
   * every installed distribution has the version of the lock, and nothing else is installed;
   * `uv pip check` is clean, except the conflicts the overrides file declares on purpose;
-  * the heavy imports (vllm, torch, ray, verl, harbor) work.
+  * the heavy imports (vllm, torch, ray, verl, harbor) work;
+  * the Debian files the image was built from (/usr/share/hvt/debian/*.json, written by the
+    build) are the ones locks/debian.lock pins; they are listed with the base image.
 The checks run in the target interpreter (a subprocess), so any venv can be verified.
 """
 
@@ -18,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -250,6 +253,37 @@ def verify(
     return rows
 
 
+def check_build_inputs(manifest_dir: Path, debian_lock: Path) -> list[Row]:
+    """The base image and every Debian file the build fetched, against locks/debian.lock."""
+    if not manifest_dir.is_dir():
+        return []  # not an image of ours (a dev venv): nothing recorded
+    base = manifest_dir / "base-image"
+    rows = [
+        Row(
+            "built from",
+            "base image",
+            "",
+            base.read_text().strip() if base.is_file() else "?",
+            True,
+        )
+    ]
+    locked: dict[tuple[str, str], str] = {}
+    if debian_lock.is_file():
+        for pkg in tomllib.loads(debian_lock.read_text()).get("package", []):
+            locked[(pkg["group"], pkg["name"])] = pkg["sha256"]
+    for path in sorted((manifest_dir / "debian").glob("*.json")):
+        data = json.loads(path.read_text())
+        for pkg in data["packages"]:
+            want = locked.get((data["group"], pkg["name"]))
+            ok = want == pkg["sha256"]
+            note = "" if ok else f"lock says {want or 'nothing'}"
+            rows.append(
+                Row(f"debian {data['group']}", pkg["name"], pkg["version"],
+                    f"sha256:{pkg['sha256'][:16]}", ok, note)
+            )  # fmt: skip
+    return rows
+
+
 def render(rows: list[Row]) -> Table:
     table = Table(title="verify-venv")
     for col in ("check", "module / distribution", "version", "path", "verdict"):
@@ -310,6 +344,10 @@ def verify_venv_command(
             list(dist or EDITABLE_DISTS),
             imports,
             Path.cwd(),
+        )
+        rows += check_build_inputs(
+            _default("HVT_BUILD_MANIFEST_DIR", Path("/usr/share/hvt")),
+            lock.with_name("debian.lock"),
         )
     except (ProbeError, LockFileError) as exc:
         console.print(f"[bold red]verify-venv: {exc}[/]")

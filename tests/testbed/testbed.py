@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,13 @@ SYSTEMD_IMAGE = "local/debian-systemd:bookworm"
 DOCKERD_IMAGE = "local/dockerd:bookworm"
 DOCKERD_LOG = Path("/var/log/dockerd.log")
 APT_SOURCES = Path("/etc/apt/sources.list.d")
+# Only these three come from trixie (`pkg/trixie` selects the package alone); every dependency
+# is taken from bookworm. `-t trixie` would pull dependencies from trixie too and upgrade the
+# host's libc6 (2.36 -> 2.41), python3 (3.11 -> 3.13) and dpkg (measured 2026-11-30).
+ENGINE_PACKAGES = ("docker.io/trixie", "docker-compose/trixie", "docker-buildx/trixie")
+INSTALL_FLAGS = ("-y", "-q", "--no-install-recommends")
+# what may come from trixie: the three above and the containerd they need (newer than bookworm's)
+FROM_TRIXIE = frozenset({"docker.io", "docker-compose", "docker-buildx", "containerd"})
 
 
 def say(msg: str) -> None:
@@ -64,10 +72,12 @@ def docker_ok() -> bool:
 
 
 def ensure_engine_packages() -> None:
-    have = all(shutil.which(b) for b in ("dockerd", "debootstrap"))
-    compose = subprocess.run(["docker", "compose", "version"], capture_output=True)
-    buildx = subprocess.run(["docker", "buildx", "version"], capture_output=True)
-    if have and compose.returncode == 0 and buildx.returncode == 0:
+    have = all(shutil.which(b) for b in ("docker", "dockerd", "debootstrap"))
+    plugins = have and all(
+        subprocess.run(["docker", plugin, "version"], capture_output=True).returncode == 0
+        for plugin in ("compose", "buildx")
+    )
+    if plugins:
         say("docker engine, compose, buildx, debootstrap: installed")
         return
     mirror = debian_mirror()
@@ -83,21 +93,56 @@ def ensure_engine_packages() -> None:
     )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-q"], env=env)
-    run(
-        [
-            "apt-get",
-            "install",
-            "-y",
-            "-q",
-            "-t",
-            "trixie",
-            "docker.io",
-            "docker-compose",
-            "docker-buildx",
-        ],
-        env=env,
+    run(["apt-get", "install", *INSTALL_FLAGS, *ENGINE_PACKAGES], env=env)
+    run(["apt-get", "install", *INSTALL_FLAGS, "debootstrap"], env=env)
+
+
+_VERSION_ROW = re.compile(r"^ (\*\*\*| {3}) (\S+) -?\d+$")
+
+
+def installed_from_trixie() -> dict[str, str]:
+    """Installed packages whose installed version only trixie has: name -> version."""
+    names = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Package}\\n"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    installed = [line[3:].strip() for line in names.splitlines() if line.startswith("ii ")]
+    policy = subprocess.run(
+        ["apt-cache", "policy", *installed], capture_output=True, text=True, check=True,
+        env={**os.environ, "LC_ALL": "C"},
+    ).stdout  # fmt: skip
+    origins: dict[tuple[str, str], set[str]] = {}  # (package, installed version) -> suites
+    name, row = "", None
+    for line in policy.splitlines():
+        if line and not line.startswith(" "):
+            name, row = line.rstrip(":"), None
+        elif match := _VERSION_ROW.match(line):
+            row = (name, match.group(2)) if match.group(1) == "***" else None
+            if row:
+                origins[row] = set()
+        elif row and line.startswith("        ") and len(line.split()) >= 3:
+            origins[row].add(line.split()[2].split("/")[0])
+    bookworm = {"bookworm", "bookworm-updates", "bookworm-security"}
+    return {
+        n: v for (n, v), suites in origins.items() if "trixie" in suites and not suites & bookworm
+    }
+
+
+def report_host_drift() -> None:
+    """Say so when an earlier test bed (or anyone) took packages beyond Docker from trixie."""
+    drifted = {n: v for n, v in installed_from_trixie().items() if n not in FROM_TRIXIE}
+    if not drifted:
+        say("host packages: only Docker's came from trixie")
+        return
+    listing = ", ".join(f"{n} {v}" for n, v in sorted(drifted.items()))
+    say(f"WARNING: {len(drifted)} package(s) on this host came from trixie: {listing}")
+    say(
+        "  an earlier `apt-get install -t trixie` (the old test bed) upgraded them; this test bed "
+        "no longer does. To restore a bookworm package: apt-get install --allow-downgrades "
+        "<name>/bookworm (python3: python3/bookworm python3-minimal/bookworm "
+        "libpython3-stdlib/bookworm). Debian does not support downgrading libc6 or dpkg: "
+        "for those, start from a fresh machine."
     )
-    run(["apt-get", "install", "-y", "-q", "debootstrap"], env=env)
 
 
 def ensure_daemon() -> None:
@@ -229,11 +274,17 @@ def build_from(tag: str, dockerfile: str, rebuild: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rebuild", action="store_true", help="rebuild the stand-in images")
+    parser.add_argument(
+        "--packages-only", action="store_true", help="install the engine packages, nothing else"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the test bed installs packages and starts dockerd: run it as root")
     started = time.monotonic()
     ensure_engine_packages()
+    report_host_drift()
+    if args.packages_only:
+        return 0
     ensure_daemon()
     build_debian(args.rebuild)
     build_python(args.rebuild)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from hvt import checks_trees, dryrun_cli
 from hvt.cli import app
 from tests.conftest import filled_config
 from tests.helpers.processes import free_port, listener
@@ -88,8 +95,6 @@ def test_kv_heads_not_divisible_fails(
 
 
 def test_gpu_checks_skip_with_a_reason_here(tmp_path: Path, workdir: Path) -> None:
-    import shutil
-
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has nvidia-smi")
     checks = _checks(tmp_path)
@@ -131,13 +136,53 @@ def test_wandb_online_needs_a_key(
     assert "$WANDB_API_KEY" in _checks(tmp_path, **online)["wandb"]["detail"]
 
 
-def test_unwritable_checkpoints_fail(tmp_path: Path, workdir: Path) -> None:
-    import os
+def _as_unprivileged(argv: list[str]) -> list[str]:
+    """argv run as `nobody` when we are root (CI runs as root, and root can write anywhere)."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop root for the permission checks"
+    drop = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    if subprocess.run([*drop, sys.executable, "-c", ""], capture_output=True).returncode:
+        # The interpreter lies where `nobody` cannot look (pyenv under a 0700 /root): keep only
+        # the right to read and search. access(2), which the writable checks use, ignores
+        # capabilities for a non-root real uid, so what it reports is still plain `nobody`.
+        drop += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return [*drop, *argv]
 
-    if os.geteuid() == 0:
-        pytest.skip("root can write anywhere; permission checks need an unprivileged user")
-    (workdir / "checkpoints").mkdir(mode=0o500)
-    assert _checks(tmp_path)["writable.checkpoints"]["status"] == "fail"
+
+def test_unwritable_checkpoints_fail() -> None:
+    hvt = Path(sys.executable).with_name("hvt")
+    base = Path(tempfile.mkdtemp(prefix="hvt-unwritable-"))  # not under root's 0700 tmp_path
+    try:
+        base.chmod(0o755)
+        config = base / "config.yaml"
+        config.write_text(yaml.safe_dump(filled_config()))
+        config.chmod(0o644)
+        workdir = base / "bundle"
+        workdir.mkdir()
+        if os.geteuid() == 0:
+            os.chown(workdir, pwd.getpwnam("nobody").pw_uid, -1)
+        (workdir / "checkpoints").mkdir(mode=0o500)  # ours (root's in CI): not the runner's
+        env = {**os.environ, "HVT_WORKDIR": str(workdir), "HVT_RAY_TEMP_DIR": str(base / "ray")}
+        env.pop("WANDB_API_KEY", None)
+        argv = [str(hvt), "dryrun", "--config", str(config), "--json"]
+        result = subprocess.run(
+            _as_unprivileged(argv), cwd=base, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.stdout.startswith("{"), (result.returncode, result.stdout, result.stderr)
+        report = json.loads(result.stdout)
+        assert result.returncode == 1 and not report["ok"], (result.stdout, result.stderr)
+        checks = {c["name"]: c for c in report["checks"]}
+        uid = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else os.getuid()
+        # the runner can write in the work dir, so the failure is the checkpoints dir's mode
+        assert checks["writable.logs"]["status"] == "ok", checks["writable.logs"]
+        check = checks["writable.checkpoints"]
+        assert check["status"] == "fail", check
+        assert check["detail"] == f"{workdir / 'checkpoints'} is not writable by uid {uid}", check
+        assert f"uid {uid}" in check["remedy"], check
+    finally:
+        shutil.rmtree(base)
 
 
 def test_trials_residue_warns(tmp_path: Path, workdir: Path) -> None:
@@ -155,10 +200,37 @@ def test_invalid_config_fails_config_valid_only(tmp_path: Path, workdir: Path) -
     assert [c["name"] for c in report["checks"]] == ["config.valid"]
 
 
-def test_human_table_output(tmp_path: Path, workdir: Path, inputs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "verdict", "exit_code"),
+    [
+        ({}, "READY: 6 ok, 0 warn, 0 fail, 0 skip", 0),
+        (
+            {"runtime_info.input.vllm.gen_tp": 8},  # 4 KV heads do not split over TP=8
+            "NOT READY: 5 ok, 0 warn, 1 fail, 0 skip",
+            1,
+        ),
+    ],
+)
+def test_human_table_output(
+    tmp_path: Path,
+    workdir: Path,
+    inputs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: dict[str, Any],
+    verdict: str,
+    exit_code: int,
+) -> None:
+    # Only the checks these inputs decide (config, inputs, model heads): the rest depend on the
+    # host (repos/, docker, GPUs), and the verdict must not.
+    monkeypatch.setattr(
+        dryrun_cli, "GROUPS", (checks_trees.check_inputs, checks_trees.check_model_heads)
+    )
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(filled_config(**inputs)))
-    result = runner.invoke(app, ["dryrun", "--config", str(path)])
+    path.write_text(yaml.safe_dump(filled_config(**inputs, **overrides)))
+    result = runner.invoke(app, ["dryrun", "--config", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == exit_code, result.output
     assert "Run Configuration Summary" in result.output
     assert "hvt dryrun" in result.output
-    assert ("READY" in result.output) or ("NOT READY" in result.output)
+    assert result.output.rstrip().splitlines()[-1] == verdict, result.output
+    heads = next(line for line in result.output.splitlines() if "model.kv_heads" in line)
+    assert heads.split("│")[2].strip() == ("ok" if exit_code == 0 else "fail"), heads

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from verl_patch.harbor_trial import RolloutResult, step_dir_name, task_slug
 from verl_patch.rollout_sample import build_sample
 from verl_patch.termination import Termination
@@ -122,13 +124,24 @@ def test_template_fallback_is_counted(tmp_path: Path) -> None:
     assert s.response_ids == [105, EOS] and s.response_mask == [1, 1]
 
 
-def test_setup_failure_and_tail_kill_give_a_masked_placeholder(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "records",
+    [
+        pytest.param(None, id="no-trajectory"),
+        # calls the proxy logged before setup gave up: trainable tokens, so only the
+        # env_setup_failed masking keeps them out of the gradient
+        pytest.param([call(1, [5, 6], [10, 11])], id="calls-logged"),
+    ],
+)
+def test_setup_failure_gives_a_masked_placeholder(
+    tmp_path: Path, records: list[dict[str, Any]] | None
+) -> None:
     failed = sample(
         trial(
-            tmp_path / "a",
-            None,
+            tmp_path,
+            records,
             reward=None,
-            exception="RuntimeError",
+            exception="AgentSetupTimeoutError",
             agent_started=False,
             attempts=3,
         )
@@ -136,12 +149,16 @@ def test_setup_failure_and_tail_kill_give_a_masked_placeholder(tmp_path: Path) -
     assert failed.termination is Termination.ENV_SETUP_FAILED
     assert failed.prompt_ids == [30, 106, EOS, 31]
     assert (failed.response_ids, failed.response_mask) == ([EOS], [0])
+    assert failed.response_logprobs == [0.0] and failed.num_turns == 0
     assert failed.reward == 0.0 and failed.metrics["attempts"] == 3.0
     assert failed.metrics["trainable"] == 0.0 and failed.metrics["has_verifier_result"] == 0.0
+    assert failed.metrics["tokens_exact"] == 0.0 and failed.metrics["model_calls"] == 0.0
 
+
+def test_tail_kill_keeps_what_it_sampled(tmp_path: Path) -> None:
     killed = sample(
         trial(
-            tmp_path / "b",
+            tmp_path,
             [call(1, [5], [9, 9])],
             reward=None,
             exception="CancelledError",
