@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.ansible.molecule_runner import ANSIBLE_DIR, VENV_BIN, molecule_env
+from tests.ansible.molecule_runner import ANSIBLE_DIR, VENV_BIN, molecule_env, run_ansible
 
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 
@@ -16,10 +16,12 @@ PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 def playbook(
     name: str, extra_vars: dict[str, Any], timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
+    """Run tests/ansible/playbooks/<name> (once more after a dropped container exec, like every
+    Ansible run of these tests: see molecule_runner.run_ansible)."""
     env = molecule_env()
     env["ANSIBLE_CONFIG"] = str(ANSIBLE_DIR / "ansible.cfg")
     env["ANSIBLE_BECOME"] = "false"
-    return subprocess.run(
+    return run_ansible(
         [
             str(VENV_BIN / "ansible-playbook"),
             "-i",
@@ -30,8 +32,6 @@ def playbook(
         ],
         cwd=ANSIBLE_DIR,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=timeout,
-        check=False,
+        what=f"ansible-playbook {name}",
     )

@@ -40,6 +40,8 @@ def test_molecule_verify(scenario: Scenario) -> None:
 
 
 def test_old_driver_branch_is_refused(scenario: Scenario) -> None:
+    # A converge that loses an exec to the container runtime is run again by Scenario.run, as
+    # every step is (molecule_runner.run_ansible): the failure seen here is the role's own.
     with pytest.raises(MoleculeStepFailed) as failed:
         scenario.run("converge", "--", "-e", "nvidia_gpu_driver_branch=535")
     message = " ".join(str(failed.value).split())

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hvt.ownership import MARKER, marker_value
+from tests.helpers.timing import scaled
 
 SERVER = (
     "import http.server, sys; "
@@ -39,7 +40,7 @@ def listener(port: int, workdir: Path | None) -> Iterator[subprocess.Popen[bytes
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + scaled(15)
         while True:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:

@@ -20,6 +20,7 @@ from kubernetes import client as k8s
 from harbor_patch.environments import pod_spec
 from harbor_patch.environments.kubernetes import KubernetesEnvironment
 from harbor_patch.environments.kubernetes.kubernetes import api_client
+from tests.helpers.timing import scaled
 
 RUNTIME = "/opt/custom-agent-runtime/claude-code"
 BASE = "local/debian:bookworm"
@@ -225,6 +226,19 @@ sandbox_reaper.unregister("ns/pod-1")
 print("ready", flush=True)
 time.sleep(60)
 """
+SENT = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _fresh_signals() -> None:
+    """In the child, before exec: the signals these tests send act as on a fresh process.
+
+    Ignored signals and the blocked mask survive exec, so without this the child would take
+    them from whoever started pytest: under `nohup` SIGHUP is ignored, after a shell's `&`
+    SIGINT is. The reaper rightly keeps an ignored disposition, and the child would not die.
+    """
+    for signum in SENT:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SENT)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -233,13 +247,17 @@ def test_sandboxes_are_deleted_when_the_process_is_signalled(
 ) -> None:
     marker = tmp_path / "deleted.txt"
     child = subprocess.Popen(
-        [sys.executable, "-c", REAPER_CHILD, str(marker)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", REAPER_CHILD, str(marker)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_fresh_signals,
     )
     assert child.stdout is not None and child.stdout.readline().strip() == "ready"
     started = time.monotonic()
     child.send_signal(signum)
-    assert child.wait(timeout=30) == -signum  # the signal still ends the process as before
-    assert time.monotonic() - started < 10
+    # the signal still ends the process (had it not, the child would exit 0 after its sleep)
+    assert child.wait(timeout=scaled(30)) == -signum
+    assert time.monotonic() - started < scaled(10)
     assert sorted(marker.read_text().split()) == ["pod-0", "pod-2"]
 
 
