@@ -1,13 +1,20 @@
-"""Shared fixtures: a filled-in copy of the shipped config."""
+"""Shared fixtures (a filled-in copy of the shipped config; the session prerequisites of
+tests/helpers/prerequisites.py) and the CI rule: under CI=true a skip is a failure, except in
+tests marked @pytest.mark.optin (a GPU host, a Kubernetes cluster)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+pytest_plugins = ["tests.helpers.prerequisites", "pytester"]
+
+CI_SKIP = "skipped under CI=true"
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = ROOT / "config" / "config.yaml"
 
@@ -61,3 +68,52 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HVT_RAY_TEMP_DIR", str(tmp_path / "ray-hvt-test"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     return wd
+
+
+# -- the CI rule: no silent skips ---------------------------------------------------------------
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        path, line, reason = longrepr
+        return f"{str(reason).removeprefix('Skipped: ')} ({path}:{line})"
+    return str(longrepr)
+
+
+def _fail_the_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    report.outcome = "failed"
+    report.longrepr = (
+        f"{CI_SKIP}: {_skip_reason(report)}; only @pytest.mark.optin tests may skip in CI: build "
+        "the prerequisite in a session fixture (tests/helpers/prerequisites.py) or fix the test bed"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")  # xfail is not a skip
+        and in_ci()
+        and item.get_closest_marker("optin") is None
+    ):
+        _fail_the_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """A module that skips itself at import (pytest.importorskip, allow_module_level) fails too."""
+    report = yield
+    if report.skipped and in_ci():
+        _fail_the_skip(report)
+    return report

@@ -2,7 +2,8 @@
 
 Every container, network and volume these tests create is named hvt-ans-*, and is removed when
 the tests that use it are done. Needs a running Docker engine and the test bed image
-local/debian-systemd:bookworm (`make testbed`); without them the tests skip and say why.
+local/debian-systemd:bookworm (`make testbed`); without them the tests error and say why
+(a slow engine is waited for, never a reason to skip).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.docker_host import container_exists, docker_ok, image_present, remove_volumes
+from tests.ansible.docker_host import container_exists, remove_volumes
 from tests.ansible.molecule_runner import Scenario
+from tests.helpers.prerequisites import require_images
 
 SYSTEMD_IMAGE = "local/debian-systemd:bookworm"
 SHARED_APT_VOLUME = "hvt-ans-apt-archives"
@@ -54,11 +56,8 @@ def say(pytestconfig: pytest.Config) -> Callable[[str], None]:
 
 
 @pytest.fixture(scope="session")
-def hosts_available() -> None:
-    if not docker_ok():
-        pytest.skip("no Docker engine answers `docker info` (run `make testbed`)")
-    if not image_present(SYSTEMD_IMAGE):
-        pytest.skip(f"test bed image {SYSTEMD_IMAGE} is missing (run `make testbed`)")
+def hosts_available(docker_engine: None) -> None:
+    require_images(SYSTEMD_IMAGE)
 
 
 @pytest.fixture(scope="session")

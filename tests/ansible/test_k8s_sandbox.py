@@ -125,6 +125,7 @@ def test_bad_namespace_is_refused_by_name(tmp_path: Path) -> None:
     assert not (tmp_path / "x.yaml").exists()
 
 
+@pytest.mark.optin
 def test_real_cluster(tmp_path: Path) -> None:
     kubeconfig = os.environ.get("KUBECONFIG", "")
     if not kubeconfig or not Path(kubeconfig).is_file():

@@ -13,19 +13,16 @@ from typer.testing import CliRunner
 
 from hvt.cli import app
 from tests.conftest import filled_config
+from tests.helpers.prerequisites import require_images
 
 pytestmark = pytest.mark.docker
 IMAGE = "local/debian:bookworm"
 
 
 @pytest.fixture
-def client() -> docker.DockerClient:
-    try:
-        c = docker.from_env(timeout=10)
-        c.images.get(IMAGE)
-    except Exception as exc:
-        pytest.skip(f"needs a Docker engine and {IMAGE} (run `make testbed`): {exc}")
-    return c
+def client(docker_engine: None) -> docker.DockerClient:
+    require_images(IMAGE)
+    return docker.from_env(timeout=120)
 
 
 def test_pods_removes_only_labelled_sandboxes(

@@ -7,32 +7,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from hvt.cli import app
 from tests.conftest import filled_config
-from tests.helpers.tls_dockerd import TlsDaemon, tls_dockerd
+from tests.helpers.prerequisites import require_images
+from tests.helpers.tls_dockerd import DOCKERD_IMAGE, TlsDaemon, tls_dockerd
 
 pytestmark = pytest.mark.docker
 runner = CliRunner()
 REMOTE = "harbor_patch.environments.remote_docker:RemoteDockerEnvironment"
 
 
-def _docker_up() -> bool:
-    try:
-        docker.from_env(timeout=5).ping()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module")
-def tls_daemon(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    if not _docker_up():
-        pytest.skip("no Docker engine (run `make testbed`)")
+def tls_daemon(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Any:
+    require_images(DOCKERD_IMAGE)
     with tls_dockerd(tmp_path_factory.mktemp("tlsd")) as daemon:
         yield daemon
 
@@ -54,9 +45,7 @@ def _remote(daemon: TlsDaemon, certs: Path) -> dict[str, Any]:
     }
 
 
-def test_local_socket_is_reached(tmp_path: Path) -> None:
-    if not _docker_up():
-        pytest.skip("no Docker engine (run `make testbed`)")
+def test_local_socket_is_reached(tmp_path: Path, docker_engine: None) -> None:
     checks = _dryrun(tmp_path)
     assert checks["backend.docker"]["status"] == "ok"
     assert "unix:///var/run/docker.sock" in checks["backend.docker"]["detail"]

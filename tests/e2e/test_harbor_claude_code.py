@@ -20,6 +20,7 @@ import docker
 import pytest
 import yaml
 
+from tests.helpers.prerequisites import require_images
 from verl_patch import harbor_trial
 from verl_patch.rollout_settings import RolloutSettings
 from verl_patch.termination import Termination
@@ -129,13 +130,10 @@ ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 
 
 @pytest.fixture(scope="module")
-def images() -> None:
-    try:
-        client = docker.from_env(timeout=30)
-        for image in (RUNTIME_IMAGE, SIDECAR_IMAGE):
-            client.images.get(image)
-    except Exception as exc:
-        pytest.skip(f"needs {RUNTIME_IMAGE} (make image) and {SIDECAR_IMAGE} (make testbed): {exc}")
+def runtime_images(images: dict[str, str]) -> None:
+    """The agent runtime comes from the session build (`images`), the sidecar's from the bed."""
+    assert images["agent-runtime"] == RUNTIME_IMAGE
+    require_images(SIDECAR_IMAGE)
 
 
 def runtime_version() -> str:
@@ -222,7 +220,7 @@ def proxy_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_claude_code_from_the_mounted_runtime(
-    tmp_path: Path, images: None, sidecar: tuple[Path, Path], proxy_env: Path
+    tmp_path: Path, runtime_images: None, sidecar: tuple[Path, Path], proxy_env: Path
 ) -> None:
     overlay, records = sidecar
 
@@ -269,7 +267,7 @@ def test_claude_code_from_the_mounted_runtime(
 
 
 def test_missing_runtime_fails_setup_with_a_clear_message(
-    tmp_path: Path, images: None, sidecar: tuple[Path, Path], proxy_env: Path
+    tmp_path: Path, runtime_images: None, sidecar: tuple[Path, Path], proxy_env: Path
 ) -> None:
     settings = _settings(
         tmp_path,

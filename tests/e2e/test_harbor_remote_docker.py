@@ -25,7 +25,9 @@ import pytest
 
 from harbor_patch.environments import agent_runtime
 from harbor_patch.environments.docker_daemon import DaemonConfigError, DockerDaemon
-from tests.helpers.tls_dockerd import TlsDaemon, tls_dockerd
+from tests.helpers.prerequisites import require_images
+from tests.helpers.timing import scaled
+from tests.helpers.tls_dockerd import DOCKERD_IMAGE, TlsDaemon, tls_dockerd
 from verl_patch import harbor_trial
 from verl_patch.rollout_settings import RolloutSettings, RuntimeMount
 from verl_patch.tail_kill import TailKillPolicy
@@ -48,12 +50,9 @@ RUN mkdir -p {RUNTIME_PATH}/bin \\
 
 
 @pytest.fixture(scope="module")
-def local() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env(timeout=120)
-        client.images.get(BASE)
-    except Exception as exc:
-        pytest.skip(f"needs a Docker engine and {BASE} (run `make testbed`): {exc}")
+def local(docker_engine: None) -> Iterator[docker.DockerClient]:
+    require_images(BASE)
+    client = docker.from_env(timeout=120)
     yield client
     client.close()
 
@@ -90,6 +89,7 @@ def _drop_runtime(client: docker.DockerClient, tag: str) -> None:
 def tls(
     tmp_path_factory: pytest.TempPathFactory, local: docker.DockerClient
 ) -> Iterator[TlsDaemon]:
+    require_images(DOCKERD_IMAGE)
     with tls_dockerd(tmp_path_factory.mktemp("tlsd")) as daemon:
         remote = DockerDaemon(daemon.host, daemon.good_client).client()
         remote.images.load(local.images.get(BASE).save(named=True))  # the task images' base
@@ -305,7 +305,7 @@ def test_runtime_staging_is_atomic_across_processes(
             proc.stdin.flush()
         outcomes = []
         for proc in procs:
-            out, err = proc.communicate(timeout=120)
+            out, err = proc.communicate(timeout=scaled(120))
             assert proc.returncode == 0, err
             outcomes.append(json.loads(out.strip().splitlines()[-1]))
         assert len({o["volume"] for o in outcomes}) == 1
@@ -414,7 +414,7 @@ def test_tail_killer_stops_the_straggler_and_its_sandbox(
         finally:
             watcher.cancel()
 
-    fast, slow = asyncio.run(asyncio.wait_for(scenario(), timeout=240))
+    fast, slow = asyncio.run(asyncio.wait_for(scenario(), timeout=scaled(240)))
     assert fast.final is not None and fast.final.reward_value == 1.0 and not fast.tail_killed
     assert slow.tail_killed and slow.final is not None
     assert slow.final.termination is Termination.TIMEOUT

@@ -33,12 +33,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import proxy_fake_vllm  # noqa: E402
 
+from tests.helpers import prerequisites  # noqa: E402
+from tests.helpers.timing import scaled  # noqa: E402
+
+# the session fixture (`make proxy-venv`, live log), under the name test_proxy_restart.py imports
+proxy_venv = prerequisites.proxy_venv
+
 VENV_BIN = Path(sys.executable).parent
-PROXY_VENV = Path(os.environ.get("HVT_PROXY_VENV", ROOT / ".venv-proxy"))
 MASTER_KEY = "sk-hvt-e2e-" + os.urandom(8).hex()
 LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # node IP 127.0.0.1, not the LAN IP
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(scaled(600))]
 
 
 def free_port() -> int:
@@ -81,7 +86,7 @@ def http(
 
 
 def wait_until(check: Any, timeout_s: float, what: str, proc: subprocess.Popen[Any] | None = None):
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"{what}: process exited with {proc.returncode}")
@@ -92,26 +97,7 @@ def wait_until(check: Any, timeout_s: float, what: str, proc: subprocess.Popen[A
         if result:
             return result
         time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
-
-
-@pytest.fixture(scope="module")
-def proxy_venv() -> Path:
-    litellm = PROXY_VENV / "bin" / "litellm"
-    if not litellm.exists():
-        built = subprocess.run(
-            ["make", "proxy-venv", f"PROXY_VENV={PROXY_VENV}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if built.returncode != 0 or not litellm.exists():
-            pytest.skip(
-                f"the LiteLLM proxy venv {PROXY_VENV} cannot be built here "
-                f"(`make proxy-venv` failed: {built.stderr.strip()[-400:]})"
-            )
-    return PROXY_VENV
+    raise AssertionError(f"{what}: not within {scaled(timeout_s):.0f} s")
 
 
 @dataclass
@@ -123,7 +109,7 @@ class RayCluster:
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     if shutil.which("ray", path=str(VENV_BIN)) is None:
-        pytest.skip("ray is not installed in the operator venv (pip install -e '.[dev]')")
+        pytest.fail("ray is not installed in the operator venv (make venv)", pytrace=False)
     temp = Path(f"/tmp/hvt-e2e-ray-{os.getpid()}")  # short: Ray's socket paths have a length cap
     temp.mkdir(exist_ok=True)
     port = free_port_outside_ray_worker_range()
@@ -177,7 +163,7 @@ class Replicas:
         )  # fmt: skip
         self.ports: dict[int, int] = {}
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + scaled(120)
         while len(self.ports) < count and time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
@@ -185,7 +171,7 @@ class Replicas:
             if line.startswith("READY "):
                 _, index, addr = line.split()
                 self.ports[int(index)] = int(addr.rsplit(":", 1)[1])
-        assert len(self.ports) == count, "replicas did not start within 120 s"
+        assert len(self.ports) == count, f"replicas did not start within {scaled(120):.0f} s"
 
     def stats(self, index: int) -> dict[str, int]:
         status, body = http("GET", f"http://127.0.0.1:{self.ports[index]}/stats")
@@ -204,7 +190,7 @@ def hvt_litellm_config(
             str(VENV_BIN / "hvt"), "litellm-config", "--out", str(out),
             "--ray-address", cluster.address, "--poll", "1", *args,
         ],
-        env=cluster.env, capture_output=True, text=True, timeout=timeout_s,
+        env=cluster.env, capture_output=True, text=True, timeout=scaled(timeout_s),
     )  # fmt: skip
 
 
@@ -250,7 +236,7 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
             [
                 str(VENV_BIN / "hvt"), "litellm-config", "--out", str(config),
                 "--ray-address", ray_cluster.address, "--poll", "1", "--expected", "2",
-                "--timeout", "120", "--watch",
+                "--timeout", str(scaled(120)), "--watch",
             ],
             env=ray_cluster.env, stdout=subprocess.DEVNULL,
             stderr=(tmp_path / "watch.log").open("w"), text=True, start_new_session=True,

@@ -30,8 +30,9 @@ from tests.e2e.test_proxy_e2e import (
     proxy_venv,  # noqa: F401  (fixture)
     wait_until,
 )
+from tests.helpers.timing import scaled
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(scaled(600))]
 CLIENTS = 4
 CALLS_PER_CLIENT = 12
 
@@ -76,7 +77,7 @@ def test_restart_during_a_run_loses_no_record(proxy_venv: Path, tmp_path: Path) 
                 "messages": [{"role": "user", "content": marker}],
             }
             headers = {"Authorization": f"Bearer {MASTER_KEY}", HEADER: "step_0000/trial-a"}
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + scaled(180)
             while time.monotonic() < deadline:
                 try:
                     status, _ = http(
@@ -99,10 +100,10 @@ def test_restart_during_a_run_loses_no_record(proxy_venv: Path, tmp_path: Path) 
     try:
         wait_until(lambda: len(answered) >= CLIENTS * 2, 120, "first calls answered")
         os.killpg(proc.pid, signal.SIGTERM)  # compose's stop: SIGTERM, then a new container
-        proc.wait(60)
+        proc.wait(scaled(60))
         proc = _start_proxy(proxy_venv, config, trials, port, log)
         for t in threads:
-            t.join(300)
+            t.join(scaled(300))
     finally:
         kill_group(proc)
     assert len(answered) == CLIENTS * CALLS_PER_CLIENT, "every call was answered in the end"

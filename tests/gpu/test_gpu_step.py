@@ -28,6 +28,7 @@ def _gpus() -> int:
 
 MODEL = os.environ.get("HVT_GPU_TEST_MODEL", "")
 pytestmark = [
+    pytest.mark.optin,  # may skip under CI=true (tests/conftest.py)
     pytest.mark.skipif(_gpus() == 0, reason="no NVIDIA GPU here (nvidia-smi finds none)"),
     pytest.mark.skipif(not MODEL, reason="set HVT_GPU_TEST_MODEL to a small HF model directory"),
     pytest.mark.timeout(3600),
