@@ -53,6 +53,10 @@ def check(
     for f in findings:
         console.print(f"[red]{f.source}: {f.pin}: {f.problem}[/]", soft_wrap=True)
     if findings:
-        console.print(f"[bold red]{len(findings)} pin(s) no longer served. Fix: make lock[/]")
+        unchecked = sum("could not be checked" in f.problem for f in findings)
+        console.print(
+            f"[bold red]{len(findings) - unchecked} pin(s) no longer served (fix: make lock), "
+            f"{unchecked} could not be checked (network; run make check-pins again)[/]"
+        )
         raise typer.Exit(1)
     console.print("[green]every pinned input is still served[/]")

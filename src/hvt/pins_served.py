@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from packaging.utils import canonicalize_name
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 NPM = "https://registry.npmjs.org"
+ATTEMPTS = 5
+WORKERS = 8
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
@@ -48,10 +51,21 @@ def uv_lock_hashes(path: Path) -> dict[tuple[str, str], set[str]]:
 
 
 def _get_json(url: str, accept: str = "application/json") -> dict[str, Any]:
+    """GET and parse; transient errors (DNS, resets, timeouts, 5xx) are retried with backoff."""
     request = urllib.request.Request(url, headers={"Accept": accept})
-    with urllib.request.urlopen(request, timeout=60) as resp:
-        data: dict[str, Any] = json.loads(resp.read())
-        return data
+    for attempt in range(ATTEMPTS):
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                data: dict[str, Any] = json.loads(resp.read())
+                return data
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == ATTEMPTS - 1:
+                raise
+        except OSError:
+            if attempt == ATTEMPTS - 1:
+                raise
+        time.sleep(2**attempt)
+    raise AssertionError("unreachable")
 
 
 def pypi_served(name: str) -> set[str]:
@@ -71,7 +85,10 @@ def check_pypi(lock: str, name: str, pins: dict[str, set[str]]) -> list[Finding]
     except urllib.error.HTTPError as exc:
         return [Finding(lock, f"{name}=={v}", f"the index answers {exc.code}") for v in pins]
     except OSError as exc:
-        return [Finding(lock, f"{name}=={v}", f"the index is unreachable: {exc}") for v in pins]
+        return [
+            Finding(lock, f"{name}=={v}", f"could not be checked, the index is unreachable: {exc}")
+            for v in pins
+        ]
     findings = []
     for version, hashes in pins.items():
         pin = f"{name}=={version}"
@@ -93,7 +110,9 @@ def check_npm(lock: Path, name: str, version: str, integrity: str) -> list[Findi
     except urllib.error.HTTPError as exc:
         return [Finding(lock.name, pin, f"the npm registry answers {exc.code}")]
     except OSError as exc:
-        return [Finding(lock.name, pin, f"the npm registry is unreachable: {exc}")]
+        return [
+            Finding(lock.name, pin, f"could not be checked, the npm registry is unreachable: {exc}")
+        ]
     dist = data.get("dist")
     served = dist.get("integrity") if isinstance(dist, dict) else None
     if served != integrity:
@@ -133,8 +152,8 @@ def check_all(locks_dir: Path, debian_fetch: Path, say: Callable[[str], None]) -
         partial(check_npm, npm_lock, pkg, version, integrity)
         for pkg, version, integrity in npm_pins(npm_lock)
     ]
-    say(f"checking {len(by_project)} PyPI projects and the npm pins (16 at a time)")
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    say(f"checking {len(by_project)} PyPI projects and the npm pins ({WORKERS} at a time)")
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         results = [f for found in pool.map(lambda job: job(), jobs) for f in found]
     findings = [f for f in results if f.problem]
     say(f"PyPI and npm: {len(results) - len(findings)}/{len(results)} pins served")
