@@ -6,6 +6,10 @@ refused) -> name the experiment (persisted, so a restart resumes from the latest
 the LiteLLM config the proxy service watches) -> run verl main_ppo (or, with --cpu-smoke, the
 CPU rollout step) with logs/<exp>.log and a throughput-only logs/<exp>_vllm.log -> on exit,
 append the run record and stop what it started.
+
+A launch refused before it holds the lock (a failed preflight such as gpu.foreign, or another
+run holding the lock) touches nothing: no process is stopped, no run is recorded, current_exp
+is neither written nor removed. Only a launch holding the lock does those (`_held_run`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated
@@ -68,32 +71,54 @@ def resolve_exp_name(cfg: RunConfig, paths: RunPaths) -> str:
     return name
 
 
-@contextmanager
-def run_lock(paths: RunPaths, exp: str) -> Iterator[None]:
-    """Exclusive per workdir: a second launch on the same GPUs is refused, not queued."""
-    paths.state.mkdir(parents=True, exist_ok=True)
-    lock_path = paths.state / "launch.lock"
-    fh = lock_path.open("a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown"
-        fh.close()
-        raise LaunchError(
-            f"a run is already running from {paths.workdir} ({holder}); two runs on the same "
-            "GPUs OOM or corrupt each other (stop it first: docker compose down, or hvt clean)"
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()}, exp {exp}\n")
-    fh.flush()
-    try:
-        yield
-    finally:
-        fh.truncate(0)
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+class RunLock:
+    """Exclusive per workdir: a second launch on the same GPUs is refused, not queued.
+
+    `acquire` only opens <workdir>/run/launch.lock and tries the flock; a refused launch reads
+    the holder line and leaves everything else as it found it. The holder notes its pid (and,
+    once named, its experiment) in the file; `release` (or leaving the `with`) clears it.
+    """
+
+    def __init__(self, fh: IO[str]) -> None:
+        self._fh = fh
+
+    @classmethod
+    def acquire(cls, paths: RunPaths) -> RunLock:
+        paths.state.mkdir(parents=True, exist_ok=True)
+        fh = (paths.state / "launch.lock").open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise LaunchError(
+                f"a run is already running from {paths.workdir} ({holder}); two runs on the "
+                "same GPUs OOM or corrupt each other (stop it first: docker compose down, or "
+                "hvt clean); nothing was started or stopped"
+            ) from None
+        lock = cls(fh)
+        lock.note()
+        return lock
+
+    def note(self, exp: str | None = None) -> None:
+        """Name the holder in the lock file (what a refused launch prints)."""
+        self._fh.truncate(0)  # opened for append: the next write lands at 0
+        self._fh.write(f"pid {os.getpid()}" + (f", exp {exp}" if exp else "") + "\n")
+        self._fh.flush()
+
+    def release(self) -> None:
+        if self._fh.closed:
+            return
+        self._fh.truncate(0)
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 def tee(stream: IO[str], main_log: Path, vllm_log: Path) -> None:
@@ -194,74 +219,103 @@ def run(config_file: Path, *, cpu_smoke: bool, skip_preflight: bool) -> int:
                 "[bold red]preflight failed: fix the rows marked fail, then start again[/]"
             )
             return 1
-    exp = resolve_exp_name(cfg, paths)
-    started = datetime.now(UTC)
-    for d in (paths.logs, paths.checkpoints, paths.project_trials / exp):
-        d.mkdir(parents=True, exist_ok=True)
-    env = ownership.marked_env(paths.workdir)
-    env.update(
-        {
-            "HVT_CONFIG": str(config_file.resolve()),
-            "HVT_WORKDIR": str(paths.workdir),
-            "HVT_TRIALS_DIR": str(paths.project_trials / exp),
-            "RAY_ADDRESS": f"127.0.0.1:{cfg.inputs.infrastructure.ray_port}",
-            **ray_auth.settings(paths.state),
-            "TENSORBOARD_DIR": str(paths.workdir / "tensorboard" / paths.project / exp),
-            "WANDB_MODE": cfg.inputs.credentials.wandb_mode,
-            "WANDB_DIR": str(paths.wandb),
-            "VLLM_LOGGING_LEVEL": cfg.inputs.infrastructure.vllm_logging_level,
-        }
-    )
-    console.print(config_summary.render(cfg), markup=False)
-    console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
-    code = 1
     try:
-        with run_lock(paths, exp):
-            start_ray(cfg, paths, env, cpu_smoke)
-            discovery = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "hvt.cli",
-                    "litellm-config",
-                    "--config",
-                    str(config_file),
-                    "--out",
-                    str(litellm_config.default_path()),
-                    "--watch",
-                ],
-                env=env,
-            )
-            cmd = trainer_command(cfg, paths, exp, config_file, env, cpu_smoke)
-            console.print(f"[cyan]trainer[/] {' '.join(cmd[:4])} ... ({len(cmd)} args)")
-            proc = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-            )
-
-            def forward(signum: int, _frame: object) -> None:
-                proc.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
-
-            signal.signal(signal.SIGTERM, forward)
-            signal.signal(signal.SIGINT, forward)
-            assert proc.stdout is not None
-            reader = threading.Thread(
-                target=tee,
-                args=(proc.stdout, paths.logs / f"{exp}.log", paths.logs / f"{exp}_vllm.log"),
-                daemon=True,
-            )
-            reader.start()
-            code = proc.wait()
-            reader.join(timeout=10)
-            discovery.terminate()
-    except LaunchError as exc:
+        lock = RunLock.acquire(paths)
+    except LaunchError as exc:  # refused: nothing of this launch started, so nothing to undo
         console.print(f"[bold red]hvt launch: {exc}[/]")
         return 1
+    with lock:
+        return _held_run(cfg, paths, lock, config_file, cpu_smoke)
+
+
+def _held_run(
+    cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path, cpu_smoke: bool
+) -> int:
+    """A run under the workdir's lock: the only path that names the experiment, stops this
+    bundle's processes, appends to the ledger and drops current_exp. A launch refused before
+    the lock (preflight, lock held) never gets here."""
+    exp = resolve_exp_name(cfg, paths)
+    lock.note(exp)
+    started = datetime.now(UTC)
+    code = 1
+    try:
+        for d in (paths.logs, paths.checkpoints, paths.project_trials / exp):
+            d.mkdir(parents=True, exist_ok=True)
+        env = ownership.marked_env(paths.workdir)
+        env.update(
+            {
+                "HVT_CONFIG": str(config_file.resolve()),
+                "HVT_WORKDIR": str(paths.workdir),
+                "HVT_TRIALS_DIR": str(paths.project_trials / exp),
+                "RAY_ADDRESS": f"127.0.0.1:{cfg.inputs.infrastructure.ray_port}",
+                **ray_auth.settings(paths.state),
+                "TENSORBOARD_DIR": str(paths.workdir / "tensorboard" / paths.project / exp),
+                "WANDB_MODE": cfg.inputs.credentials.wandb_mode,
+                "WANDB_DIR": str(paths.wandb),
+                "VLLM_LOGGING_LEVEL": cfg.inputs.infrastructure.vllm_logging_level,
+            }
+        )
+        console.print(config_summary.render(cfg), markup=False)
+        console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
+        code = _train(cfg, paths, exp, config_file, env, cpu_smoke)
+    except LaunchError as exc:
+        console.print(f"[bold red]hvt launch: {exc}[/]")
+    except KeyboardInterrupt:  # SIGINT before the trainer's signal forwarding was in place
+        code = 130
     finally:
         stop_ours(paths)
         rec = run_records.record(paths, config_file, exp, code, started)
         console.print(f"run record {rec.run_id}: {rec.status} (exit {code}) -> {rec.archive}")
     if code == 0 and not cfg.inputs.experiment.exp_name:
         (paths.state / "current_exp").unlink(missing_ok=True)  # the next launch is a new run
+    return code
+
+
+def _train(
+    cfg: RunConfig,
+    paths: RunPaths,
+    exp: str,
+    config_file: Path,
+    env: dict[str, str],
+    cpu_smoke: bool,
+) -> int:
+    """Ray head, discovery, then the trainer to its end: the trainer's exit code."""
+    start_ray(cfg, paths, env, cpu_smoke)
+    discovery = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hvt.cli",
+            "litellm-config",
+            "--config",
+            str(config_file),
+            "--out",
+            str(litellm_config.default_path()),
+            "--watch",
+        ],
+        env=env,
+    )
+    cmd = trainer_command(cfg, paths, exp, config_file, env, cpu_smoke)
+    console.print(f"[cyan]trainer[/] {' '.join(cmd[:4])} ... ({len(cmd)} args)")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    assert proc.stdout is not None
+    reader = threading.Thread(
+        target=tee,
+        args=(proc.stdout, paths.logs / f"{exp}.log", paths.logs / f"{exp}_vllm.log"),
+        daemon=True,
+    )
+    reader.start()
+    code = proc.wait()
+    reader.join(timeout=10)
+    discovery.terminate()
     return code
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from hvt import run_records
 from hvt.config_model import RunConfig
-from hvt.launch import LaunchError, auto_exp_name, resolve_exp_name, run_lock, tee
+from hvt.launch import LaunchError, RunLock, auto_exp_name, resolve_exp_name, tee
 from hvt.run_paths import RunPaths
 from tests.conftest import filled_config
 
@@ -51,13 +51,16 @@ def test_status_mapping() -> None:
 
 
 def test_second_launch_on_the_same_workdir_is_refused(paths: RunPaths) -> None:
-    with (
-        run_lock(paths, "exp-1"),
-        pytest.raises(LaunchError, match="already running"),
-        run_lock(paths, "exp-2"),
-    ):
-        pass
-    with run_lock(paths, "exp-3"):  # released: the next run may start
+    lock_file = paths.state / "launch.lock"
+    with RunLock.acquire(paths) as held:
+        held.note("exp-1")
+        holder = lock_file.read_text()
+        assert holder.endswith(", exp exp-1\n")
+        with pytest.raises(LaunchError, match=r"already running .*exp exp-1"):
+            RunLock.acquire(paths)
+        assert lock_file.read_text() == holder, "a refused launch leaves the holder line"
+    assert lock_file.read_text() == ""
+    with RunLock.acquire(paths):  # released: the next run may start
         pass
 
 
