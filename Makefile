@@ -11,7 +11,7 @@ CONFIG    ?= config/config.yaml
 PYTEST_ARGS ?=
 PROXY_VENV ?= .venv-proxy
 # images (docs/images.md). BASE_IMAGE: the digest-pinned public base where a registry answers, else
-# the test bed's stand-in (`hvt images base`, src/hvt/base_images.py; asked once, when first used;
+# the test bed's stand-in (`hvt images base`, src/hvt/images/base_images.py; asked once, when first used;
 # its reason goes to stderr). Empty = the Dockerfile's default (also without a venv).
 IMAGE_PREFIX ?= verl-swe-rl
 IMAGE_TAG    ?= $(IMAGE_SHA)
@@ -72,7 +72,7 @@ lint: $(PY) ## ruff, yamllint, hadolint where present
 	$(VENV)/bin/hadolint Dockerfile tests/testbed/*.Dockerfile
 	cd ansible && $(abspath $(VENV))/bin/ansible-lint
 
-typecheck: $(PY) ## mypy --strict on src/hvt
+typecheck: $(PY) ## mypy --strict on src/ (hvt, verl_patch, harbor_patch)
 	$(VENV)/bin/mypy
 
 test: $(PY) lint typecheck ## everything: lint, types, unit, infra and end-to-end tests

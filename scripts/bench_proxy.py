@@ -36,9 +36,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hvt import litellm_config  # noqa: E402
-from hvt.discovery import Replica  # noqa: E402
-from hvt.trajectory_writer import TrajectoryWriter  # noqa: E402
+from hvt.proxy import litellm_config  # noqa: E402
+from hvt.proxy.discovery import Replica  # noqa: E402
+from hvt.trajectory.writer import TrajectoryWriter  # noqa: E402
 
 FAKE = ROOT / "tests" / "e2e" / "proxy_fake_vllm.py"
 MASTER_KEY = "sk-bench-" + os.urandom(8).hex()

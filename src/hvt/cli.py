@@ -1,27 +1,11 @@
-"""The `hvt` command line: one typer app, one sub-module per command group."""
+"""The `hvt` command line: one typer app; hvt/commands/<part>.py adds each part's commands."""
 
 from __future__ import annotations
 
 import typer
 
-from hvt import (
-    __version__,
-    base_images,
-    clean,
-    config_cli,
-    dryrun_cli,
-    health,
-    launch,
-    litellm_config_cli,
-    metrics,
-    pins_cli,
-    proxy_cli,
-    repos,
-    smoke,
-    tasks_index,
-    verify_venv,
-    wandb_sync,
-)
+from hvt import __version__
+from hvt.commands import config, images, preflight, proxy, repos, run, smoke
 
 app = typer.Typer(
     name="hvt",
@@ -29,21 +13,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(config_cli.app, name="config")
-app.add_typer(smoke.app, name="smoke")
-app.add_typer(base_images.app, name="images")
-app.add_typer(tasks_index.app, name="tasks")
-app.add_typer(pins_cli.app, name="pins")
-app.command("dryrun")(dryrun_cli.dryrun)
-app.command("launch")(launch.launch)
-app.command("health")(health.health)
-app.command("wandb-sync")(wandb_sync.wandb_sync)
-app.command("litellm-config")(litellm_config_cli.litellm_config_cmd)
-app.command("proxy")(proxy_cli.proxy_cmd)
-app.command("clean")(clean.clean)
-app.command("metrics")(metrics.metrics)
-app.command("repos")(repos.repos_command)
-app.command("verify-venv")(verify_venv.verify_venv_command)
+config.register(app)
+preflight.register(app)
+run.register(app)
+proxy.register(app)
+repos.register(app)
+images.register(app)
+smoke.register(app)
 
 
 @app.callback()

@@ -39,8 +39,8 @@ SANDBOX_PHASES = ("time/environment_setup", "time/agent_setup", "time/verifier")
 
 @functools.lru_cache(maxsize=4)
 def load_settings(config_path: str, trials_dir: str | None) -> RolloutSettings:
-    from hvt.config_load import load
-    from hvt.problems import ConfigError
+    from hvt.config.load import load
+    from hvt.config.problems import ConfigError
 
     try:
         cfg = load(Path(config_path))
@@ -50,7 +50,7 @@ def load_settings(config_path: str, trials_dir: str | None) -> RolloutSettings:
     return RolloutSettings.from_run_config(cfg, trials_dir=trials_dir or None)
 
 
-class HarborAgentLoop(AgentLoopBase):
+class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
     def __init__(
         self,
         *args: Any,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hvt.config_model import RunConfig
+from hvt.config.model import RunConfig
 from verl_patch.tail_kill import TailKillPolicy
 
 REMOTE_DOCKER_MODULE = "harbor_patch.environments.remote_docker"

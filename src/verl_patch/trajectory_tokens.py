@@ -1,7 +1,7 @@
 """A trial's proxied LLM calls -> one token sequence for training (prompt, response, mask,
 logprobs), from the exact token ids the policy produced.
 
-Input: `agent/litellm-trajectory.jsonl`, one record per call (hvt.trajectory_record): the
+Input: `agent/litellm-trajectory.jsonl`, one record per call (hvt.trajectory.record): the
 prompt token ids vLLM rendered (`tokens.prompt_token_ids`), the sampled ids
 (`tokens.choices[0].token_ids`) and their logprobs.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hvt.config_model import RunConfig
+from hvt.config.model import RunConfig
 from tests.conftest import filled_config
 from verl_patch.harbor_trial import build_trial_config
 from verl_patch.rollout_settings import STOCK_DOCKER, RolloutSettings

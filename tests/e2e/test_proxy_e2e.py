@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hvt import ray_auth
+from hvt.run import ray_auth
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

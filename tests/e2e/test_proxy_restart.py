@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hvt.discovery import Replica
-from hvt.litellm_config import ProxySettings, write
-from hvt.trajectory_paths import HEADER
+from hvt.proxy.discovery import Replica
+from hvt.proxy.litellm_config import ProxySettings, write
+from hvt.trajectory.paths import HEADER
 from tests.e2e.test_proxy_e2e import (
     MASTER_KEY,
     free_port,

@@ -14,7 +14,7 @@ import docker
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hvt.docker_remote import connect
-from hvt.tls_certs import Issued, issue, make_ca, self_signed_client
+from hvt.smoke.tls_certs import Issued, issue, make_ca, self_signed_client
 
 DOCKERD_IMAGE = "local/dockerd:bookworm"
 

@@ -71,6 +71,6 @@ def container_of(images: dict[str, str]) -> Iterator[Any]:
 
 
 def lock_versions(lock: str) -> dict[str, str]:
-    from hvt.lockfile import read_pins
+    from hvt.images.lockfile import read_pins
 
     return read_pins(ROOT / "locks" / lock)

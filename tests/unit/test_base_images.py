@@ -1,6 +1,6 @@
-"""hvt.base_images: the choice between the public pinned images and the local stand-ins (a pure
-function), the registry probe against real HTTP servers on 127.0.0.1, and the smoke's build
-argument as Docker Compose merges it into Harbor's own build file."""
+"""hvt.images.base_images: the choice between the public pinned images and the local
+stand-ins (a pure function), the registry probe against real HTTP servers on 127.0.0.1, and
+the smoke's build argument as Docker Compose merges it into Harbor's own build file."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hvt import base_images as bi
+from hvt.images import base_images as bi
 from tests.conftest import ROOT
 
 ANSWERED = bi.Probe("https://registry-1.docker.io/v2/", True, "HTTP 401")
@@ -243,7 +243,7 @@ def test_hvt_images_base_prints_the_reference_and_the_reason(registry: str) -> N
 def test_the_smoke_overlay_passes_base_image_to_the_task_build(tmp_path: Path) -> None:
     from harbor.environments.docker import COMPOSE_BUILD_PATH
 
-    from hvt.smoke_step import base_image_overlay
+    from hvt.smoke.step import base_image_overlay
 
     if not shutil.which("docker"):
         pytest.skip("needs the docker CLI with compose (make testbed)")
@@ -307,7 +307,7 @@ def test_a_smoke_task_builds_on_the_chosen_base_in_a_harbor_trial(tmp_path: Path
     import asyncio
     import uuid
 
-    from hvt.smoke_step import base_image_overlay
+    from hvt.smoke.step import base_image_overlay
     from verl_patch import harbor_trial
     from verl_patch.rollout_settings import RolloutSettings
 

@@ -104,7 +104,7 @@ def test_pods_refuses_empty_or_wildcard_prefix(tmp_path: Path, workdir: Path, pr
 
 
 def test_check_prefix_refuses_patterns() -> None:
-    from hvt.clean import CleanError, check_prefix
+    from hvt.run.clean import CleanError, check_prefix
 
     assert check_prefix("swe-lego-live-rl") == "swe-lego-live-rl"
     for bad in ("", "*", "a*", "x=y", "a b", "A"):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hvt.debian_lock import (
+from hvt.images.debian_lock import (
     DebianLockError,
     Pin,
     parse_records,

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from hvt import discovery
-from hvt.discovery import DiscoveryError, NamedActor, Replica
+from hvt.proxy import discovery
+from hvt.proxy.discovery import DiscoveryError, NamedActor, Replica
 
 
 @pytest.mark.parametrize(

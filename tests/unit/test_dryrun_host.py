@@ -16,8 +16,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hvt import checks_trees, dryrun_cli
 from hvt.cli import app
+from hvt.preflight import dryrun as dryrun_cli
+from hvt.preflight import trees as checks_trees
 from tests.conftest import filled_config
 from tests.helpers.processes import free_port, listener
 

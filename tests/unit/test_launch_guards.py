@@ -176,7 +176,8 @@ class Bed:
                 sys.executable,
                 "-c",
                 "import sys; from datetime import datetime, UTC; from pathlib import Path; "
-                "from hvt import run_records; from hvt.run_paths import RunPaths; "
+                "from hvt.run import records as run_records; "
+                "from hvt.config.run_paths import RunPaths; "
                 "run_records.record(RunPaths(Path(sys.argv[1]), 'proj', 'earlier'), "
                 "Path(sys.argv[2]), 'earlier-run', 0, datetime(2026, 1, 1, tzinfo=UTC))",
                 str(self.workdir),

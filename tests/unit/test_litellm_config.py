@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hvt import litellm_config
-from hvt.discovery import Replica
-from hvt.litellm_config import ProxySettings
+from hvt.proxy import litellm_config
+from hvt.proxy.discovery import Replica
+from hvt.proxy.litellm_config import ProxySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = [Replica(0, "10.0.0.5", 8000), Replica(1, "10.0.0.6", 8001)]
@@ -43,11 +43,11 @@ def test_settings_callback_auth_and_no_secret_in_file() -> None:
         "drop_params": True,
         "request_timeout": 900,
         "use_chat_completions_url_for_anthropic_messages": True,
-        "callbacks": ["hvt.trajectory_logger.proxy_handler_instance"],
+        "callbacks": ["hvt.trajectory.logger.proxy_handler_instance"],
     }
     assert cfg["general_settings"] == {
         "master_key": "os.environ/LITELLM_MASTER_KEY",
-        "custom_auth": "hvt.proxy_auth.user_api_key_auth",
+        "custom_auth": "hvt.proxy.auth.user_api_key_auth",
     }
 
 
@@ -130,7 +130,7 @@ def test_cli_rejects_a_served_name_with_a_slash(tmp_path: Path) -> None:
 def test_cli_derives_replicas_from_the_run_profile(
     filled_config_file: Path, tmp_path: Path
 ) -> None:
-    from hvt.litellm_config_cli import _plan
+    from hvt.proxy.litellm_config_cli import _plan
 
     assert _plan(filled_config_file, None, None) == (2, "vllm_model")  # 1 x 8 GPUs / gen_tp 4
     assert _plan(filled_config_file, 3, "other") == (3, "other")

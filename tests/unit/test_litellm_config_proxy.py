@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hvt import litellm_config
-from hvt.discovery import Replica
-from hvt.proxy_supervisor import (
+from hvt.proxy import litellm_config
+from hvt.proxy.discovery import Replica
+from hvt.proxy.supervisor import (
     ProxyError,
     ProxyOptions,
     Supervisor,

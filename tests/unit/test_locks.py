@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hvt.lockfile import read_inputs, read_pins, unsatisfied
+from hvt.images.lockfile import read_inputs, read_pins, unsatisfied
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from hvt.cli import app
-from hvt.metrics import parse, to_csv
+from hvt.run.metrics import parse, to_csv
 
 LOG = (
     "(TaskRunner pid=4242) step:1 - actor/entropy:np.float64(0.61) - critic/score/mean:"

@@ -23,9 +23,9 @@ import yaml
 from typer.testing import CliRunner
 
 from hvt.cli import app
-from hvt.repos import Source, State, sync_repos
-from hvt.repos_fetch import MARKER, tree_manifest
-from hvt.repos_spec import ReposConfigError, load_spec
+from hvt.repos.fetch import MARKER, tree_manifest
+from hvt.repos.spec import ReposConfigError, load_spec
+from hvt.repos.trees import Source, State, sync_repos
 
 PATCH = """\
 --- a/demo/core.py

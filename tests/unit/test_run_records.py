@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hvt import run_records
-from hvt.config_model import RunConfig
-from hvt.launch import LaunchError, RunLock, auto_exp_name, resolve_exp_name, tee
-from hvt.run_paths import RunPaths
+from hvt.config.model import RunConfig
+from hvt.config.run_paths import RunPaths
+from hvt.run import records as run_records
+from hvt.run.launch import LaunchError, RunLock, auto_exp_name, resolve_exp_name, tee
 from tests.conftest import filled_config
 
 

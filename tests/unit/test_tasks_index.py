@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hvt.cli import app
-from hvt.tasks_index import TaskIndexError, discover, rows
+from hvt.run.tasks_index import TaskIndexError, discover, rows
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"
 runner = CliRunner()

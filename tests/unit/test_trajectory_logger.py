@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from hvt import trajectory_paths, trajectory_record
-from hvt.trajectory_paths import RouteRefused
-from hvt.trajectory_writer import TrajectoryWriter, append_line, encode_line
+from hvt.trajectory import paths as trajectory_paths
+from hvt.trajectory import record as trajectory_record
+from hvt.trajectory.paths import RouteRefused
+from hvt.trajectory.writer import TrajectoryWriter, append_line, encode_line
 
 FILE = Path("agent") / "litellm-trajectory.jsonl"
 
@@ -382,7 +383,7 @@ def test_stream_chunks_concatenate_token_ids_and_logprobs() -> None:
 def test_callback_merges_stream_tokens_in_either_order(root: Path) -> None:
     pytest.importorskip("litellm.integrations.custom_logger")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from hvt.trajectory_logger import TrajectoryLogger
+    from hvt.trajectory.logger import TrajectoryLogger
 
     logger = TrajectoryLogger(root)
     body = {"model": "vllm_model", "stream": True, "messages": [{"role": "user", "content": "x"}]}

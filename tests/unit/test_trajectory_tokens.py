@@ -10,7 +10,7 @@ import jinja2
 import pytest
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
-from hvt import trajectory_record
+from hvt.trajectory import record as trajectory_record
 from verl_patch.trajectory_tokens import (
     TRAJECTORY_FILE,
     TrajectoryStats,
@@ -141,7 +141,7 @@ def test_fit_cuts_to_the_rollout_lengths() -> None:
 
 
 def test_records_written_by_the_proxy_logger_are_read_back(tmp_path: Path) -> None:
-    """The writer side (hvt.trajectory_record) and this reader agree on the record format."""
+    """The writer side (hvt.trajectory.record) and this reader agree on the record format."""
     kwargs = {
         "call_type": "acompletion",
         "litellm_call_id": "abc",

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hvt.config_model import RunConfig
-from hvt.run_paths import RunPaths, repos_dir
-from hvt.verl_command import LaunchSpec, command, overrides, runtime_env
+from hvt.config.model import RunConfig
+from hvt.config.run_paths import RunPaths, repos_dir
+from hvt.run.verl_command import LaunchSpec, command, overrides, runtime_env
 from tests.conftest import ROOT, filled_config
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -167,7 +167,7 @@ def test_every_override_names_a_real_verl_key(repos: Path) -> None:
 
 
 def test_agent_loop_config_exists_in_the_bundle() -> None:
-    from hvt.verl_command import AGENT_LOOP_CONFIG, AGENT_LOOP_NAME
+    from hvt.run.verl_command import AGENT_LOOP_CONFIG, AGENT_LOOP_NAME
 
     path = ROOT / AGENT_LOOP_CONFIG
     if not path.exists():

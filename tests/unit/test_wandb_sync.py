@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hvt.cli import app
-from hvt.wandb_sync import offline_runs
+from hvt.run.wandb_sync import offline_runs
 
 HVT = Path(sys.executable).with_name("hvt")
 

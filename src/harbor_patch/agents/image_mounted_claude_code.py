@@ -35,7 +35,9 @@ class RuntimeNotMountedError(RuntimeError):
     pass
 
 
-class ClaudeCode(HarborClaudeCode):
+class ClaudeCode(HarborClaudeCode):  # type: ignore[misc]
+    _version: str | None  # Harbor's ClaudeCode sets it (the version the config pins)
+
     def __init__(
         self,
         logs_dir: Path,
@@ -115,13 +117,10 @@ class ClaudeCode(HarborClaudeCode):
 
     @override
     def _resolved_model_name(self) -> str | None:
-        if not self.model_name:
+        name: str | None = self.model_name
+        if not name:
             return None
-        return (
-            self.model_name.split("/", 1)[1]
-            if self.model_name.startswith("anthropic/")
-            else self.model_name
-        )
+        return name.split("/", 1)[1] if name.startswith("anthropic/") else name
 
     @override
     def _resolve_auth_env(self) -> dict[str, str]:

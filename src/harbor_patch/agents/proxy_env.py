@@ -17,10 +17,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from hvt.master_key import MASTER_KEY_ENV, MasterKeyError
-from hvt.master_key import resolve as resolve_master_key
-from hvt.trajectory_paths import HEADER as TRIAL_HEADER
-from hvt.trajectory_paths import ROOT_ENV as TRIALS_ROOT_ENV
+from hvt.proxy.master_key import MASTER_KEY_ENV as MASTER_KEY_ENV
+from hvt.proxy.master_key import MasterKeyError
+from hvt.proxy.master_key import resolve as resolve_master_key
+from hvt.trajectory.paths import HEADER as TRIAL_HEADER
+from hvt.trajectory.paths import ROOT_ENV as TRIALS_ROOT_ENV
 
 PROXY_URL_ENV = "HVT_PROXY_URL"
 TEMPERATURE_HEADER = "x-harbor-temperature"

@@ -177,5 +177,5 @@ def build_pod(settings: PodSettings) -> k8s.V1Pod:
 
 def manifest(pod: k8s.V1Pod) -> dict[str, Any]:
     """The pod as the JSON the API server receives."""
-    data: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(pod)
+    data: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(pod)  # type: ignore[no-untyped-call]
     return data

@@ -40,7 +40,7 @@ from harbor_patch.environments.docker_daemon import DaemonConfigError, DockerDae
 OVERLAY_NAME = "docker-compose-hvt.json"
 
 
-class RemoteDockerEnvironment(DockerEnvironment):
+class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
     _daemon: ClassVar[DockerDaemon | None] = None
     _bound: ClassVar[dict[tuple[type, DockerDaemon], type]] = {}
 
@@ -147,7 +147,7 @@ class RemoteDockerEnvironment(DockerEnvironment):
     @property
     @override
     def _docker_compose_paths(self) -> list[Path]:
-        paths = super()._docker_compose_paths
+        paths: list[Path] = super()._docker_compose_paths
         if self._overlay_path is not None:
             paths.append(self._overlay_path)
         return paths

@@ -56,9 +56,9 @@ def api_client(kubeconfig_path: str | None = None, context: str | None = None) -
 
     path = kubeconfig_path or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube/config")
     if Path(path).is_file():
-        return config.new_client_from_config(config_file=path, context=context)
+        return config.new_client_from_config(config_file=path, context=context)  # type: ignore[no-untyped-call]
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
     raise ValueError(
         f"no kubeconfig at {path} and not inside a cluster: set runtime_info.input.k8s.kubeconfig "
@@ -66,7 +66,7 @@ def api_client(kubeconfig_path: str | None = None, context: str | None = None) -
     )
 
 
-class KubernetesEnvironment(BaseEnvironment):
+class KubernetesEnvironment(BaseEnvironment):  # type: ignore[misc]
     def __init__(
         self,
         *args: Any,

@@ -1,0 +1,214 @@
+"""Rules across several keys of a typed config. Each returns problems naming the key to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from hvt.config import algorithms
+from hvt.config.model import RunConfig
+from hvt.config.problems import Problem
+
+P = "runtime_info.input"
+
+
+def check(cfg: RunConfig, config_file: Path | None = None) -> list[Problem]:
+    problems: list[Problem] = []
+    problems += _batches(cfg)
+    problems += _parallelism(cfg)
+    problems += _ports(cfg)
+    problems += _backend(cfg)
+    problems += _algorithm(cfg, config_file)
+    return problems
+
+
+def _batches(cfg: RunConfig) -> list[Problem]:
+    t = cfg.inputs.training
+    out: list[Problem] = []
+    if t.train_prompt_mini_batch_size > t.train_batch_size:
+        out.append(
+            Problem(
+                f"{P}.training.train_prompt_mini_batch_size",
+                f"mini batch {t.train_prompt_mini_batch_size} is larger than the batch"
+                f" {t.train_batch_size}",
+                f"set it to at most training.train_batch_size ({t.train_batch_size})",
+            )
+        )
+    elif t.train_batch_size % t.train_prompt_mini_batch_size:
+        out.append(
+            Problem(
+                f"{P}.training.train_prompt_mini_batch_size",
+                f"mini batch {t.train_prompt_mini_batch_size} does not divide the batch"
+                f" {t.train_batch_size}",
+                "use a divisor of training.train_batch_size",
+            )
+        )
+    window = cfg.inputs.vllm.max_model_length
+    if t.max_prompt_length + t.max_response_length > window:
+        out.append(
+            Problem(
+                f"{P}.training.max_response_length",
+                f"prompt {t.max_prompt_length} + response {t.max_response_length} exceed"
+                f" vllm.max_model_length {window}",
+                "lower the lengths or raise vllm.max_model_length",
+            )
+        )
+    return out
+
+
+def _parallelism(cfg: RunConfig) -> list[Problem]:
+    i, v, t = cfg.inputs.infrastructure, cfg.inputs.vllm, cfg.inputs.training
+    gpus = i.nnodes * i.ngpus_per_node
+    out: list[Problem] = []
+    if gpus % v.gen_tp:
+        divisors = [d for d in range(1, gpus + 1) if gpus % d == 0]
+        out.append(
+            Problem(
+                f"{P}.vllm.gen_tp",
+                f"gen_tp={v.gen_tp} does not divide the {gpus} rollout GPUs"
+                f" (nnodes {i.nnodes} x ngpus_per_node {i.ngpus_per_node})",
+                f"use one of {divisors}",
+            )
+        )
+    if gpus % t.sp_size:
+        out.append(
+            Problem(
+                f"{P}.training.sp_size",
+                f"sp_size={t.sp_size} does not divide the {gpus} training GPUs",
+                "use a divisor of nnodes x ngpus_per_node",
+            )
+        )
+    return out
+
+
+def _ports(cfg: RunConfig) -> list[Problem]:
+    i = cfg.inputs.infrastructure
+    seen: dict[int, str] = {}
+    out: list[Problem] = []
+    for key in ("ray_port", "ray_dashboard_port", "litellm_port"):
+        port = getattr(i, key)
+        if port in seen:
+            out.append(
+                Problem(
+                    f"{P}.infrastructure.{key}",
+                    f"port {port} is also infrastructure.{seen[port]}",
+                    "give every service its own port",
+                )
+            )
+        seen[port] = key
+    return out
+
+
+def _backend(cfg: RunConfig) -> list[Problem]:
+    h = cfg.inputs.harbor_agent
+    out: list[Problem] = []
+    path = h.environment_import_path.lower()
+    if "kubernetes" not in path and "docker" not in path:
+        out.append(
+            Problem(
+                f"{P}.harbor_agent.environment_import_path",
+                f"{h.environment_import_path!r} names neither a docker nor a kubernetes"
+                " environment",
+                "use harbor.environments.docker.docker:DockerEnvironment,"
+                " harbor_patch.environments.remote_docker:RemoteDockerEnvironment or"
+                " harbor_patch.environments.kubernetes:KubernetesEnvironment",
+            )
+        )
+    if h.environment_type is not None and "kubernetes" in path:
+        out.append(
+            Problem(
+                f"{P}.harbor_agent.environment_type",
+                f"set to {h.environment_type!r} together with a kubernetes import path",
+                "set environment_type: null; the import path selects the backend",
+            )
+        )
+    if h.host_path_mounts and "kubernetes" not in path:
+        out.append(
+            Problem(
+                f"{P}.harbor_agent.host_path_mounts",
+                "host path mounts apply to the kubernetes backend only",
+                "set host_path_mounts: null, or switch to the kubernetes environment",
+            )
+        )
+    if h.docker_host.startswith("tcp://"):
+        url = urlsplit(h.docker_host)
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        if not url.hostname or port is None:
+            out.append(
+                Problem(
+                    f"{P}.harbor_agent.docker_host",
+                    f"{h.docker_host!r} has no host:port",
+                    "write tcp://<host>:2376 (TLS)",
+                )
+            )
+        elif port == 2375 and not h.allow_insecure_test_network:
+            out.append(
+                Problem(
+                    f"{P}.harbor_agent.docker_host",
+                    "tcp://...:2375 is the unencrypted Docker port (root for anyone on the"
+                    " network)",
+                    "provision TLS (make provision) and use tcp://<host>:2376; only on an isolated"
+                    " test network set harbor_agent.allow_insecure_test_network: true",
+                )
+            )
+        if "remote_docker" not in path and "kubernetes" not in path:
+            out.append(
+                Problem(
+                    f"{P}.harbor_agent.environment_import_path",
+                    "a tcp:// docker_host needs the remote Docker environment",
+                    "use harbor_patch.environments.remote_docker:RemoteDockerEnvironment",
+                )
+            )
+    return out
+
+
+def _algorithm(cfg: RunConfig, config_file: Path | None) -> list[Problem]:
+    a, t = cfg.inputs.algorithm, cfg.inputs.training
+    directory = algorithms.presets_dir(config_file)
+    names = algorithms.available(directory)
+    if a.preset not in names:
+        return [
+            Problem(
+                f"{P}.algorithm.preset",
+                f"unknown preset {a.preset!r}",
+                f"use one of {', '.join(names) or '(none found in ' + str(directory) + ')'}",
+            )
+        ]
+    preset = algorithms.load(a.preset, directory)
+    out: list[Problem] = []
+    conflicts = [
+        (key, getattr(a, key), getattr(preset, key))
+        for key in ("adv_estimator", "policy_loss_mode", "loss_agg_mode")
+        if getattr(a, key) is not None and getattr(a, key) != getattr(preset, key)
+    ]
+    if conflicts:
+        said = ", ".join(f"{k}={given!r}" for k, given, _ in conflicts)
+        wanted = ", ".join(f"{k}={want!r}" for k, _, want in conflicts)
+        out.append(
+            Problem(
+                f"{P}.algorithm.{conflicts[0][0]}",
+                f"{said} contradicts preset {a.preset!r} ({wanted})",
+                "remove those keys, set them to the preset's values, or pick another preset",
+            )
+        )
+    estimator = a.adv_estimator or preset.adv_estimator
+    if estimator in ("grpo", "rloo") and t.n_resp_per_prompt < 2:
+        out.append(
+            Problem(
+                f"{P}.training.n_resp_per_prompt",
+                f"{estimator} compares responses within a group; 1 response gives zero advantages",
+                "use 2 or more responses per prompt",
+            )
+        )
+    if a.clip_ratio_low > 1 or a.clip_ratio_high > 1:
+        out.append(
+            Problem(
+                f"{P}.algorithm.clip_ratio_high",
+                "clip ratios above 1 disable clipping",
+                "use values in (0, 1]",
+            )
+        )
+    return out

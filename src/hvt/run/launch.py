@@ -1,0 +1,328 @@
+"""`hvt launch`: the trainer container's main process.
+
+Order: validate and preflight -> take the run lock (one run per workdir; a second launch is
+refused) -> name the experiment (persisted, so a restart resumes from the latest checkpoint)
+-> start this bundle's Ray head -> start discovery (it waits for every vLLM replica and writes
+the LiteLLM config the proxy service watches) -> run verl main_ppo (or, with --cpu-smoke, the
+CPU rollout step) with logs/<exp>.log and a throughput-only logs/<exp>_vllm.log -> on exit,
+append the run record and stop what it started.
+
+A launch refused before it holds the lock (a failed preflight such as gpu.foreign, or another
+run holding the lock) touches nothing: no process is stopped, no run is recorded, current_exp
+is neither written nor removed. Only a launch holding the lock does those (`_held_run`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import psutil
+from rich.console import Console
+
+from hvt import ownership
+from hvt.config import summary as config_summary
+from hvt.config.bundle import bundle_root
+from hvt.config.load import load
+from hvt.config.model import RunConfig
+from hvt.config.problems import ConfigError
+from hvt.config.run_paths import RunPaths
+from hvt.preflight.check import Status, render_table
+from hvt.preflight.dryrun import preflight
+from hvt.proxy import litellm_config
+from hvt.run import ray_auth, verl_command
+from hvt.run import records as run_records
+
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+EXP_PREFIX = "harbor-cc-sync-1n"
+# vLLM's periodic stats and verl's rollout timing: what the throughput log keeps.
+THROUGHPUT = re.compile(
+    r"throughput|tokens/s|tok/s|Running: \d+ reqs|KV cache usage|timing_s/gen|perf/throughput",
+    re.IGNORECASE,
+)
+
+
+class LaunchError(Exception):
+    """Refusal to launch; the message names the culprit and the fix."""
+
+
+def auto_exp_name(now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"{EXP_PREFIX}-{stamp}"
+
+
+def resolve_exp_name(cfg: RunConfig, paths: RunPaths) -> str:
+    """The configured name, else the name this workdir's interrupted run used, else a new one."""
+    if cfg.inputs.experiment.exp_name:
+        return cfg.inputs.experiment.exp_name
+    current = paths.state / "current_exp"
+    if current.is_file() and current.read_text().strip():
+        return current.read_text().strip()
+    name = auto_exp_name()
+    paths.state.mkdir(parents=True, exist_ok=True)
+    current.write_text(name + "\n")
+    return name
+
+
+class RunLock:
+    """Exclusive per workdir: a second launch on the same GPUs is refused, not queued.
+
+    `acquire` only opens <workdir>/run/launch.lock and tries the flock; a refused launch reads
+    the holder line and leaves everything else as it found it. The holder notes its pid (and,
+    once named, its experiment) in the file; `release` (or leaving the `with`) clears it.
+    """
+
+    def __init__(self, fh: IO[str]) -> None:
+        self._fh = fh
+
+    @classmethod
+    def acquire(cls, paths: RunPaths) -> RunLock:
+        paths.state.mkdir(parents=True, exist_ok=True)
+        fh = (paths.state / "launch.lock").open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise LaunchError(
+                f"a run is already running from {paths.workdir} ({holder}); two runs on the "
+                "same GPUs OOM or corrupt each other (stop it first: docker compose down, or "
+                "hvt clean); nothing was started or stopped"
+            ) from None
+        lock = cls(fh)
+        lock.note()
+        return lock
+
+    def note(self, exp: str | None = None) -> None:
+        """Name the holder in the lock file (what a refused launch prints)."""
+        self._fh.truncate(0)  # opened for append: the next write lands at 0
+        self._fh.write(f"pid {os.getpid()}" + (f", exp {exp}" if exp else "") + "\n")
+        self._fh.flush()
+
+    def release(self) -> None:
+        if self._fh.closed:
+            return
+        self._fh.truncate(0)
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def tee(stream: IO[str], main_log: Path, vllm_log: Path) -> None:
+    with main_log.open("a", buffering=1) as main, vllm_log.open("a", buffering=1) as vllm:
+        for line in stream:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            main.write(line)
+            if THROUGHPUT.search(line):
+                vllm.write(line)
+
+
+def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -> None:
+    i = cfg.inputs.infrastructure
+    cmd = [
+        "ray",
+        "start",
+        "--head",
+        f"--port={i.ray_port}",
+        f"--dashboard-host={os.environ.get('HVT_RAY_DASHBOARD_HOST', '127.0.0.1')}",
+        f"--dashboard-port={i.ray_dashboard_port}",
+        f"--temp-dir={paths.ray_temp}",
+        "--disable-usage-stats",
+    ]
+    if cpu:
+        cmd.append("--num-gpus=0")
+    console.print(
+        f"[cyan]ray[/] starting head on :{i.ray_port} (dashboard 127.0.0.1:"
+        f"{i.ray_dashboard_port}, temp {paths.ray_temp})"
+    )
+    started = time.monotonic()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise LaunchError(
+            f"ray start failed: {out.stderr.strip()[-800:]} (check ports.ray in "
+            "`hvt dryrun`; `hvt clean` stops a leftover head)"
+        )
+    console.print(f"[cyan]ray[/] up in {time.monotonic() - started:.1f} s")
+
+
+def stop_ours(paths: RunPaths) -> None:
+    procs = [p for p in ownership.our_processes(paths.workdir) if p.pid != os.getpid()]
+    for p in procs:
+        with suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def trainer_command(
+    cfg: RunConfig,
+    paths: RunPaths,
+    exp: str,
+    config_file: Path,
+    env: dict[str, str],
+    cpu_smoke: bool,
+) -> list[str]:
+    if cpu_smoke:
+        return [
+            sys.executable,
+            "-m",
+            "hvt.cli",
+            "smoke",
+            "step",
+            "--config",
+            str(config_file),
+            "--exp",
+            exp,
+        ]
+    spec = verl_command.LaunchSpec(
+        exp_name=exp, paths=paths, bundle=bundle_root(), python=sys.executable
+    )
+    return verl_command.command(cfg, spec, verl_command.runtime_env(env), config_file)
+
+
+def run(
+    config_file: Path,
+    *,
+    cpu_smoke: bool,
+    skip_preflight: bool,
+    prepare: Callable[[RunConfig], str] | None = None,
+) -> int:
+    """One run, start to record. `prepare` runs before the preflight (--cpu-smoke: the
+    smoke's tiny model and task index, from hvt.commands.run) and says what it made."""
+    try:
+        cfg = load(config_file)
+    except ConfigError as exc:
+        for p in exc.problems:
+            console.print(f"[red]{p.render()}[/]")
+        return 2
+    paths = RunPaths.from_config(cfg)
+    if prepare is not None:  # the smoke makes its own model and task index: checked next
+        console.print(f"[cyan]smoke[/] {prepare(cfg)}")
+    if not skip_preflight:
+        results, _ = preflight(config_file)
+        if cpu_smoke:  # no GPU and no vLLM by design in CPU mode
+            results = [r for r in results if not r.name.startswith(("gpu.", "model.kv"))]
+        if any(r.status is Status.FAIL for r in results):
+            render_table(results, console)
+            console.print(
+                "[bold red]preflight failed: fix the rows marked fail, then start again[/]"
+            )
+            return 1
+    try:
+        lock = RunLock.acquire(paths)
+    except LaunchError as exc:  # refused: nothing of this launch started, so nothing to undo
+        console.print(f"[bold red]hvt launch: {exc}[/]")
+        return 1
+    with lock:
+        return _held_run(cfg, paths, lock, config_file, cpu_smoke)
+
+
+def _held_run(
+    cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path, cpu_smoke: bool
+) -> int:
+    """A run under the workdir's lock: the only path that names the experiment, stops this
+    bundle's processes, appends to the ledger and drops current_exp. A launch refused before
+    the lock (preflight, lock held) never gets here."""
+    exp = resolve_exp_name(cfg, paths)
+    lock.note(exp)
+    started = datetime.now(UTC)
+    code = 1
+    try:
+        for d in (paths.logs, paths.checkpoints, paths.project_trials / exp):
+            d.mkdir(parents=True, exist_ok=True)
+        env = ownership.marked_env(paths.workdir)
+        env.update(
+            {
+                "HVT_CONFIG": str(config_file.resolve()),
+                "HVT_WORKDIR": str(paths.workdir),
+                "HVT_TRIALS_DIR": str(paths.project_trials / exp),
+                "RAY_ADDRESS": f"127.0.0.1:{cfg.inputs.infrastructure.ray_port}",
+                **ray_auth.settings(paths.state),
+                "TENSORBOARD_DIR": str(paths.workdir / "tensorboard" / paths.project / exp),
+                "WANDB_MODE": cfg.inputs.credentials.wandb_mode,
+                "WANDB_DIR": str(paths.wandb),
+                "VLLM_LOGGING_LEVEL": cfg.inputs.infrastructure.vllm_logging_level,
+            }
+        )
+        console.print(config_summary.render(cfg), markup=False)
+        console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
+        code = _train(cfg, paths, exp, config_file, env, cpu_smoke)
+    except LaunchError as exc:
+        console.print(f"[bold red]hvt launch: {exc}[/]")
+    except KeyboardInterrupt:  # SIGINT before the trainer's signal forwarding was in place
+        code = 130
+    finally:
+        stop_ours(paths)
+        rec = run_records.record(paths, config_file, exp, code, started)
+        console.print(f"run record {rec.run_id}: {rec.status} (exit {code}) -> {rec.archive}")
+    if code == 0 and not cfg.inputs.experiment.exp_name:
+        (paths.state / "current_exp").unlink(missing_ok=True)  # the next launch is a new run
+    return code
+
+
+def _train(
+    cfg: RunConfig,
+    paths: RunPaths,
+    exp: str,
+    config_file: Path,
+    env: dict[str, str],
+    cpu_smoke: bool,
+) -> int:
+    """Ray head, discovery, then the trainer to its end: the trainer's exit code."""
+    start_ray(cfg, paths, env, cpu_smoke)
+    discovery = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hvt.cli",
+            "litellm-config",
+            "--config",
+            str(config_file),
+            "--out",
+            str(litellm_config.default_path()),
+            "--watch",
+        ],
+        env=env,
+    )
+    cmd = trainer_command(cfg, paths, exp, config_file, env, cpu_smoke)
+    console.print(f"[cyan]trainer[/] {' '.join(cmd[:4])} ... ({len(cmd)} args)")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    assert proc.stdout is not None
+    reader = threading.Thread(
+        target=tee,
+        args=(proc.stdout, paths.logs / f"{exp}.log", paths.logs / f"{exp}_vllm.log"),
+        daemon=True,
+    )
+    reader.start()
+    code = proc.wait()
+    reader.join(timeout=10)
+    discovery.terminate()
+    return code

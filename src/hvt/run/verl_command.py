@@ -1,0 +1,212 @@
+"""The verl `main_ppo` command a run launches, built from config.yaml: every knob is live.
+
+Upstream hardcoded the vllm/training/algorithm values in a shell script and kept the config
+keys as "documentation-only mirrors". Here each key becomes a Hydra override of verl 0.9.1's
+`ppo_trainer` config, the algorithm preset adds its own overrides, and the environment the
+Ray workers need is forwarded through `ray_kwargs.ray_init.runtime_env.env_vars`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hvt.config import algorithms
+from hvt.config.model import RunConfig
+from hvt.config.run_paths import RunPaths
+
+AGENT_LOOP_NAME = "harbor_claude_code"
+# Where the agent-loop config lives, relative to the bundle (src/verl_patch is installed editable).
+AGENT_LOOP_CONFIG = Path("src/verl_patch/config/agent_loop_config_cc.yaml")
+
+# Environment that Ray workers (vLLM servers, agent-loop workers) must see. Values present in
+# the launcher's environment are forwarded; the rest are set here.
+FORWARDED_ENV = (
+    "HVT_CONFIG",
+    "HVT_WORKDIR",
+    "HVT_BUNDLE",
+    "HVT_TRIALS_DIR",
+    "HVT_TRIALS_ROOT",
+    "HVT_PROXY_URL",
+    "LITELLM_MASTER_KEY_FILE",
+    "DOCKER_HOST",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "KUBECONFIG",
+    "WANDB_MODE",
+    "WANDB_DIR",
+    "TENSORBOARD_DIR",
+    "VLLM_LOGGING_LEVEL",
+    "VLLM_ATTENTION_BACKEND",
+    "HF_HUB_OFFLINE",
+    "NCCL_DEBUG",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN_PATH",
+)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    exp_name: str
+    paths: RunPaths
+    bundle: Path  # where src/verl_patch lives
+    python: str = "python3"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_fmt(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    text = str(value)
+    if any(c in text for c in " ,[]{}=:'\"") and not text.startswith("/"):
+        return "'" + text.replace("'", "\\'") + "'"
+    return text
+
+
+def overrides(
+    cfg: RunConfig,
+    spec: LaunchSpec,
+    env: dict[str, str] | None = None,
+    config_file: Path | None = None,
+) -> list[str]:
+    """Hydra overrides, in a stable order (golden-tested)."""
+    i = cfg.inputs
+    t, v, a, r = i.training, i.vllm, i.algorithm, i.harbor_runtime
+    preset = algorithms.load(a.preset, algorithms.presets_dir(config_file))
+    data_dir = Path(i.data.data_dir)
+
+    def data_file(name: str) -> str:
+        p = Path(name)
+        return str(p if p.is_absolute() else data_dir / p)
+
+    max_tokens = t.max_prompt_length + t.max_response_length
+    logger = ["console", "tensorboard"] + (
+        [] if i.credentials.wandb_mode == "disabled" else ["wandb"]
+    )
+    pairs: list[tuple[str, Any]] = [
+        # data
+        ("data.train_files", data_file(i.data.train_index)),
+        ("data.val_files", data_file(i.data.val_index)),
+        ("data.train_batch_size", t.train_batch_size),
+        ("data.val_batch_size", t.val_batch_size),
+        ("data.max_prompt_length", t.max_prompt_length),
+        ("data.max_response_length", t.max_response_length),
+        ("data.return_raw_chat", True),
+        ("data.filter_overlong_prompts", False),
+        ("data.truncation", "error"),
+        # model
+        ("actor_rollout_ref.model.path", i.model.model_path),
+        ("actor_rollout_ref.model.use_remove_padding", True),
+        ("actor_rollout_ref.model.enable_gradient_checkpointing", True),
+        # actor
+        ("actor_rollout_ref.actor.optim.lr", a.learning_rate),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size", t.train_prompt_mini_batch_size),
+        ("actor_rollout_ref.actor.use_dynamic_bsz", t.use_dynamic_bsz),
+        ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", max_tokens),
+        ("actor_rollout_ref.actor.ulysses_sequence_parallel_size", t.sp_size),
+        ("actor_rollout_ref.actor.use_kl_loss", a.use_kl_loss),
+        ("actor_rollout_ref.actor.kl_loss_coef", a.kl_loss_coef),
+        ("actor_rollout_ref.actor.kl_loss_type", a.kl_loss_type),
+        ("actor_rollout_ref.actor.entropy_coeff", a.entropy_coeff),
+        ("actor_rollout_ref.actor.clip_ratio_low", a.clip_ratio_low),
+        ("actor_rollout_ref.actor.clip_ratio_high", a.clip_ratio_high),
+        ("actor_rollout_ref.actor.loss_agg_mode", a.loss_agg_mode or preset.loss_agg_mode),
+        (
+            "actor_rollout_ref.actor.policy_loss.loss_mode",
+            a.policy_loss_mode or preset.policy_loss_mode,
+        ),
+        ("actor_rollout_ref.actor.fsdp_config.param_offload", t.actor_offload),
+        ("actor_rollout_ref.actor.fsdp_config.optimizer_offload", t.actor_offload),
+        # reference policy
+        ("actor_rollout_ref.ref.fsdp_config.param_offload", t.ref_offload),
+        ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", t.use_dynamic_bsz),
+        ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu", max_tokens),
+        ("actor_rollout_ref.ref.ulysses_sequence_parallel_size", t.sp_size),
+        # rollout: verl-managed vLLM replicas, each gen_tp GPUs
+        ("actor_rollout_ref.rollout.name", "vllm"),
+        ("actor_rollout_ref.rollout.mode", "async"),
+        ("actor_rollout_ref.rollout.n", t.n_resp_per_prompt),
+        ("actor_rollout_ref.rollout.tensor_model_parallel_size", v.gen_tp),
+        ("actor_rollout_ref.rollout.gpu_memory_utilization", v.gpu_memory_utilization),
+        ("actor_rollout_ref.rollout.max_model_len", v.max_model_length),
+        ("actor_rollout_ref.rollout.max_num_seqs", v.max_num_seqs),
+        ("actor_rollout_ref.rollout.max_num_batched_tokens", max(8192, max_tokens)),
+        ("actor_rollout_ref.rollout.enforce_eager", v.enforce_eager),
+        ("actor_rollout_ref.rollout.dtype", v.dtype),
+        ("actor_rollout_ref.rollout.enable_chunked_prefill", v.enable_chunked_prefill),
+        ("actor_rollout_ref.rollout.temperature", a.temperature),
+        ("actor_rollout_ref.rollout.top_p", a.top_p),
+        ("actor_rollout_ref.rollout.top_k", a.top_k),
+        ("actor_rollout_ref.rollout.val_kwargs.temperature", a.val_temperature),
+        ("actor_rollout_ref.rollout.val_kwargs.top_p", a.val_top_p),
+        ("actor_rollout_ref.rollout.val_kwargs.top_k", a.val_top_k),
+        ("actor_rollout_ref.rollout.val_kwargs.do_sample", a.val_temperature > 0),
+        ("actor_rollout_ref.rollout.calculate_log_probs", True),
+        ("actor_rollout_ref.rollout.multi_turn.format", v.tool_call_parser),
+        ("actor_rollout_ref.rollout.agent.num_workers", r.num_workers),
+        ("actor_rollout_ref.rollout.agent.default_agent_loop", AGENT_LOOP_NAME),
+        (
+            "actor_rollout_ref.rollout.agent.agent_loop_config_path",
+            str(spec.bundle / AGENT_LOOP_CONFIG),
+        ),
+        (
+            "++actor_rollout_ref.rollout.engine_kwargs.vllm.served_model_name",
+            i.model.served_model_name,
+        ),
+        ("++actor_rollout_ref.rollout.engine_kwargs.vllm.enable_auto_tool_choice", True),
+        ("++actor_rollout_ref.rollout.engine_kwargs.vllm.tool_call_parser", v.tool_call_parser),
+        # algorithm
+        ("algorithm.adv_estimator", a.adv_estimator or preset.adv_estimator),
+        ("algorithm.use_kl_in_reward", False),
+        *sorted(preset.verl_overrides.items()),
+    ]
+    if preset.needs_critic:
+        pairs += [
+            ("critic.enable", True),
+            ("critic.model.path", i.model.model_path),
+            ("critic.ppo_max_token_len_per_gpu", max_tokens),
+            ("critic.ulysses_sequence_parallel_size", t.sp_size),
+            ("critic.fsdp.param_offload", t.actor_offload),
+            ("critic.fsdp.optimizer_offload", t.actor_offload),
+        ]
+    pairs += [
+        # trainer
+        ("trainer.project_name", i.experiment.project_name),
+        ("trainer.experiment_name", spec.exp_name),
+        ("trainer.logger", logger),
+        ("trainer.nnodes", i.infrastructure.nnodes),
+        ("trainer.n_gpus_per_node", i.infrastructure.ngpus_per_node),
+        ("trainer.total_epochs", t.total_epochs),
+        ("trainer.save_freq", t.save_freq),
+        ("trainer.test_freq", t.test_freq),
+        ("trainer.val_before_train", t.val_before_train),
+        (
+            "trainer.default_local_dir",
+            str(spec.paths.checkpoints / i.experiment.project_name / spec.exp_name),
+        ),
+        ("trainer.resume_mode", "auto"),
+        ("trainer.log_val_generations", 0),
+    ]
+    for key, value in sorted((env or {}).items()):
+        pairs.append((f"++ray_kwargs.ray_init.runtime_env.env_vars.{key}", value))
+    return [f"{k}={_fmt(v)}" for k, v in pairs]
+
+
+def runtime_env(environ: dict[str, str]) -> dict[str, str]:
+    """The part of the launcher's environment that Ray workers must inherit."""
+    return {k: environ[k] for k in FORWARDED_ENV if environ.get(k)}
+
+
+def command(
+    cfg: RunConfig,
+    spec: LaunchSpec,
+    env: dict[str, str] | None = None,
+    config_file: Path | None = None,
+) -> list[str]:
+    return [spec.python, "-m", "verl.trainer.main_ppo", *overrides(cfg, spec, env, config_file)]

@@ -1,0 +1,233 @@
+"""LiteLLM callback that appends one JSONL record per proxied call to the trial's trajectory.
+
+Registered in the generated LiteLLM config as
+`litellm_settings.callbacks: [hvt.trajectory.logger.proxy_handler_instance]`. The trial comes
+from the request header `x-harbor-trial-dir` (see `trajectory_paths`), the trials root from
+`HVT_TRIALS_ROOT`. Success and failure both produce a record (`trajectory_record`); writing
+happens on a background thread (`trajectory_writer`). Nothing here may block or fail a request:
+every hook catches and logs its own errors.
+
+Streamed calls: LiteLLM's assembled stream response drops vLLM's per-delta `token_ids` and
+logprobs, so the streaming iterator hook collects them from the stream's chunks and the record
+is written once both the success event and the end of the stream have been seen (or after
+`STREAM_MERGE_WAIT_S` without the token data, marked `tokens_status: "missing"`). LiteLLM also
+drops the `prompt_token_ids` vLLM puts in the first chunk; for those calls the logger asks the
+same replica's `/tokenize` with the exact body LiteLLM sent (messages, tools, chat template
+options), i.e. vLLM's own rendering of that prompt (`prompt_token_ids_source: "vllm-tokenize"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from typing import Any
+
+from litellm.integrations.custom_logger import CustomLogger
+
+from hvt.trajectory import paths as trajectory_paths
+from hvt.trajectory import record as trajectory_record
+from hvt.trajectory.writer import TrajectoryWriter
+
+log = logging.getLogger("hvt.trajectory")
+STREAM_MERGE_WAIT_S = 10.0
+STREAM_PART_TTL_S = 120.0
+TOKENIZE_TIMEOUT_S = 10.0
+TOKENIZE_FIELDS = (
+    "tools",
+    "chat_template",
+    "chat_template_kwargs",
+    "continue_final_message",
+    "add_generation_prompt",
+    "add_special_tokens",
+    "mm_processor_kwargs",
+)
+
+
+def tokenize_request(
+    kwargs: Mapping[str, Any], api_base: str | None
+) -> tuple[str, dict[str, Any]] | None:
+    """vLLM `/tokenize` URL and body rendering the prompt LiteLLM sent (None if unknown)."""
+    sent = (kwargs.get("additional_args") or {}).get("complete_input_dict")
+    if not isinstance(sent, Mapping) or not api_base or not isinstance(sent.get("messages"), list):
+        return None
+    body: dict[str, Any] = {"model": sent.get("model"), "messages": sent["messages"]}
+    body.update({k: sent[k] for k in TOKENIZE_FIELDS if k in sent})
+    return re.sub(r"/v1/?$", "", api_base.rstrip("/")) + "/tokenize", body
+
+
+class TrajectoryLogger(CustomLogger):
+    def __init__(self, root: Path | None = None) -> None:
+        super().__init__()
+        env_root = os.environ.get(trajectory_paths.ROOT_ENV, "")
+        self.root = root or (Path(env_root) if env_root else None)
+        self.writer = TrajectoryWriter(self.root) if self.root is not None else None
+        self.unrouted = 0
+        self._pending: dict[str, tuple[str, dict[str, Any], asyncio.TimerHandle]] = {}
+        self._tokenize: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stream_parts: dict[str, tuple[float, dict[str, Any]]] = {}
+        if self.root is None:
+            log.error(
+                "%s is not set: trajectory records will not be written",
+                trajectory_paths.ROOT_ENV,
+            )
+        else:
+            log.info("trajectory records go under %s", self.root)
+
+    # --- LiteLLM hooks ------------------------------------------------------------------
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._event(kwargs, response_obj, start_time, end_time, success=True)
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._event(kwargs, response_obj, start_time, end_time, success=False)
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        try:
+            async for item in response:
+                yield item
+        finally:
+            try:
+                self._stream_done(response, request_data)
+            except Exception:
+                log.exception("collecting stream token data failed")
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _event(
+        self,
+        kwargs: dict[str, Any],
+        response_obj: Any,
+        start_time: Any,
+        end_time: Any,
+        success: bool,
+    ) -> None:
+        try:
+            trial_dir = trajectory_record.request_headers(kwargs).get(trajectory_paths.HEADER)
+            if not trial_dir:
+                self.unrouted += 1
+                return
+            record = trajectory_record.build(kwargs, response_obj, start_time, end_time, success)
+            call_id = str(kwargs.get("litellm_call_id") or "")
+            streamed = bool(record["request"].get("stream")) and success
+            if streamed and call_id:
+                tok = tokenize_request(kwargs, record["deployment"].get("api_base"))
+                if tok is not None:
+                    self._tokenize[call_id] = tok
+                part = self._stream_parts.pop(call_id, None)
+                if part is not None:
+                    self._merge(record, part[1])
+                    self._finish(call_id, trial_dir, record)
+                    return
+                else:
+                    loop = asyncio.get_running_loop()
+                    timer = loop.call_later(STREAM_MERGE_WAIT_S, self._flush_pending, call_id)
+                    self._pending[call_id] = (trial_dir, record, timer)
+                    return
+            elif success:
+                record["tokens_status"] = (
+                    "ok" if trajectory_record.has_token_ids(record["tokens"]) else "missing"
+                )
+                if record["tokens"].get("prompt_token_ids") is not None:
+                    record["tokens"]["prompt_token_ids_source"] = "response"
+            self._submit(trial_dir, record)
+        except Exception:
+            log.exception("building a trajectory record failed")
+
+    def _stream_done(self, response: Any, request_data: Mapping[str, Any]) -> None:
+        call_id = str(request_data.get("litellm_call_id") or "")
+        if not call_id:
+            return
+        chunks = getattr(response, "chunks", None)
+        tokens = trajectory_record.tokens_from_chunks(chunks if isinstance(chunks, list) else [])
+        pending = self._pending.pop(call_id, None)
+        if pending is not None:
+            trial_dir, record, timer = pending
+            timer.cancel()
+            self._merge(record, tokens)
+            self._finish(call_id, trial_dir, record)
+            return
+        now = time.monotonic()
+        self._stream_parts[call_id] = (now, tokens)
+        for key in [k for k, (t, _) in self._stream_parts.items() if now - t > STREAM_PART_TTL_S]:
+            del self._stream_parts[key]
+
+    @staticmethod
+    def _merge(record: dict[str, Any], tokens: dict[str, Any]) -> None:
+        have = record.get("tokens") or {}
+        if tokens.get("prompt_token_ids") is None and have.get("prompt_token_ids") is not None:
+            tokens["prompt_token_ids"] = have["prompt_token_ids"]
+        record["tokens"] = tokens
+        record["tokens_status"] = "ok" if trajectory_record.has_token_ids(tokens) else "missing"
+
+    def _flush_pending(self, call_id: str) -> None:
+        pending = self._pending.pop(call_id, None)
+        if pending is not None:
+            trial_dir, record, _ = pending
+            record["tokens_status"] = "missing"
+            self._finish(call_id, trial_dir, record)
+
+    def _finish(self, call_id: str, trial_dir: str, record: dict[str, Any]) -> None:
+        """Submit a streamed call's record, after fetching its prompt ids if they are missing."""
+        tok = self._tokenize.pop(call_id, None)
+        tokens = record.setdefault("tokens", {})
+        if tokens.get("prompt_token_ids") is not None:
+            tokens["prompt_token_ids_source"] = "response"
+        elif tok is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._fill_prompt_ids(trial_dir, record, *tok)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._submit(trial_dir, record)
+
+    async def _fill_prompt_ids(
+        self, trial_dir: str, record: dict[str, Any], url: str, body: dict[str, Any]
+    ) -> None:
+        tokens = record["tokens"]
+        try:
+            import httpx
+
+            async with httpx.AsyncClient(timeout=TOKENIZE_TIMEOUT_S) as client:
+                resp = await client.post(url, json=body)
+            ids = resp.json().get("tokens") if resp.status_code == 200 else None
+            if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+                tokens["prompt_token_ids"] = ids
+                tokens["prompt_token_ids_source"] = "vllm-tokenize"
+            else:
+                tokens["prompt_token_ids_source"] = f"unavailable (tokenize: {resp.status_code})"
+        except Exception as exc:
+            tokens["prompt_token_ids_source"] = f"unavailable ({type(exc).__name__})"
+        finally:
+            self._submit(trial_dir, record)
+
+    def _submit(self, trial_dir: str, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        self.writer.submit(trial_dir, record)
+
+    def close(self) -> None:
+        for call_id in list(self._pending):
+            trial_dir, record, timer = self._pending.pop(call_id)
+            timer.cancel()
+            record["tokens_status"] = "missing"
+            self._submit(trial_dir, record)
+        if self.writer is not None:
+            self.writer.close()
+
+
+proxy_handler_instance = TrajectoryLogger()
+atexit.register(proxy_handler_instance.close)
