@@ -37,24 +37,24 @@ ARG DEBIAN_MIRROR=http://deb.debian.org/debian
 ARG DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security
 RUN --mount=type=secret,id=build_ca \
     --mount=type=bind,source=locks/debian.lock,target=/tmp/debian.lock \
-    --mount=type=bind,source=entrypoint/debian-fetch.py,target=/tmp/debian-fetch.py \
-    with-build-ca python3 /tmp/debian-fetch.py fetch /tmp/debian.lock cli-tools /debs
+    --mount=type=bind,source=src/hvt/images/debian_fetch.py,target=/tmp/debian_fetch.py \
+    with-build-ca python3 /tmp/debian_fetch.py fetch /tmp/debian.lock cli-tools /debs
 
 FROM base AS debs-trainer
 ARG DEBIAN_MIRROR=http://deb.debian.org/debian
 ARG DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security
 RUN --mount=type=secret,id=build_ca \
     --mount=type=bind,source=locks/debian.lock,target=/tmp/debian.lock \
-    --mount=type=bind,source=entrypoint/debian-fetch.py,target=/tmp/debian-fetch.py \
-    with-build-ca python3 /tmp/debian-fetch.py fetch /tmp/debian.lock trainer /debs
+    --mount=type=bind,source=src/hvt/images/debian_fetch.py,target=/tmp/debian_fetch.py \
+    with-build-ca python3 /tmp/debian_fetch.py fetch /tmp/debian.lock trainer /debs
 
 FROM base AS debs-agent-runtime
 ARG DEBIAN_MIRROR=http://deb.debian.org/debian
 ARG DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security
 RUN --mount=type=secret,id=build_ca \
     --mount=type=bind,source=locks/debian.lock,target=/tmp/debian.lock \
-    --mount=type=bind,source=entrypoint/debian-fetch.py,target=/tmp/debian-fetch.py \
-    with-build-ca python3 /tmp/debian-fetch.py fetch /tmp/debian.lock agent-runtime /debs
+    --mount=type=bind,source=src/hvt/images/debian_fetch.py,target=/tmp/debian_fetch.py \
+    with-build-ca python3 /tmp/debian_fetch.py fetch /tmp/debian.lock agent-runtime /debs
 
 # ---------------------------------------------------------------------------------------------
 # uv, from PyPI by hash (the base may have no pip: ensurepip is offline).

@@ -24,7 +24,7 @@ CA = Path("/etc/ssl/certs/ca-certificates.crt")
 def test_stale_pin_fails_the_build_with_one_line(tmp_path: Path) -> None:
     require_images(STAND_IN)
     ctx = tmp_path / "ctx"
-    for rel in ("Dockerfile", "entrypoint/debian-fetch.py", "entrypoint/with-build-ca.sh"):
+    for rel in ("Dockerfile", "src/hvt/images/debian_fetch.py", "entrypoint/with-build-ca.sh"):
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, ctx / rel)
     lock = (ROOT / "locks" / "debian.lock").read_text()

@@ -1,4 +1,4 @@
-"""Debian pins: the lock's parser, and entrypoint/debian-fetch.py against a mirror of our own.
+"""Debian pins: the lock's parser, and src/hvt/images/debian_fetch.py against a mirror of our own.
 
 The mirror is a folder served on 127.0.0.1 with a `dists/.../Packages.xz` index and a `pool/`,
 like deb.debian.org; a pin it no longer serves must stop the fetch with one line that names the
@@ -32,7 +32,7 @@ from hvt.images.debian_lock import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-FETCH = ROOT / "entrypoint" / "debian-fetch.py"
+FETCH = ROOT / "src" / "hvt" / "images" / "debian_fetch.py"
 
 
 def test_the_shipped_lock_covers_every_group_of_debian_in() -> None:

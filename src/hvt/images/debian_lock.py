@@ -2,7 +2,7 @@
 
 The resolution runs apt inside the base image the build uses, so the dependency closure is the
 one the build will need, and the versions, archive paths and sha256 come from apt's
-signature-checked indexes. The build (entrypoint/debian-fetch.py) then fetches exactly those
+signature-checked indexes. The build (src/hvt/images/debian_fetch.py) then fetches exactly those
 files and refuses any other.
 """
 

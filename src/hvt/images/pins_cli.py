@@ -47,9 +47,7 @@ def check(
     """Check that every file the locks pin is still served (PyPI, npm, Debian)."""
     console = Console()
     root = bundle_root()
-    findings = check_all(
-        locks_dir or root / "locks", root / "entrypoint" / "debian-fetch.py", console.print
-    )
+    findings = check_all(locks_dir or root / "locks", console.print)
     for f in findings:
         console.print(f"[red]{f.source}: {f.pin}: {f.problem}[/]", soft_wrap=True)
     if findings:

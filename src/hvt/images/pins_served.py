@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,9 +19,10 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from hvt.images.debian_fetch import open_url, stale_pins
+
 PYPI_SIMPLE = "https://pypi.org/simple"
 NPM = "https://registry.npmjs.org"
-ATTEMPTS = 5
 WORKERS = 8
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
@@ -51,21 +49,10 @@ def uv_lock_hashes(path: Path) -> dict[tuple[str, str], set[str]]:
 
 
 def _get_json(url: str, accept: str = "application/json") -> dict[str, Any]:
-    """GET and parse; transient errors (DNS, resets, timeouts, 5xx) are retried with backoff."""
     request = urllib.request.Request(url, headers={"Accept": accept})
-    for attempt in range(ATTEMPTS):
-        try:
-            with urllib.request.urlopen(request, timeout=60) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-                return data
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500 or attempt == ATTEMPTS - 1:
-                raise
-        except OSError:
-            if attempt == ATTEMPTS - 1:
-                raise
-        time.sleep(2**attempt)
-    raise AssertionError("unreachable")
+    with open_url(request) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
 
 
 def pypi_served(name: str) -> set[str]:
@@ -129,14 +116,8 @@ def npm_pins(lock: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def check_all(locks_dir: Path, debian_fetch: Path, say: Callable[[str], None]) -> list[Finding]:
+def check_all(locks_dir: Path, say: Callable[[str], None]) -> list[Finding]:
     """Every pin of every lock; returns the findings with a problem (empty: all served)."""
-    debian = subprocess.Popen(  # HEAD requests for the .debs, beside the index lookups
-        [sys.executable, str(debian_fetch), "check", str(locks_dir / "debian.lock")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     by_project: dict[str, dict[str, set[str]]] = {}  # name -> version -> hashes
     where: dict[str, str] = {}
     for name in ("trainer.lock", "proxy.lock", "uv.lock"):
@@ -153,18 +134,12 @@ def check_all(locks_dir: Path, debian_fetch: Path, say: Callable[[str], None]) -
         for pkg, version, integrity in npm_pins(npm_lock)
     ]
     say(f"checking {len(by_project)} PyPI projects and the npm pins ({WORKERS} at a time)")
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+    with ThreadPoolExecutor(max_workers=WORKERS + 1) as pool:
+        debian = pool.submit(stale_pins, locks_dir / "debian.lock")  # beside the index lookups
         results = [f for found in pool.map(lambda job: job(), jobs) for f in found]
-    findings = [f for f in results if f.problem]
-    say(f"PyPI and npm: {len(results) - len(findings)}/{len(results)} pins served")
-    stdout, stderr = debian.communicate()
-    returncode = debian.returncode
-    say(stdout.strip())
-    findings += [
-        Finding("debian.lock", line.split(" ")[3], line)
-        for line in stderr.splitlines()
-        if line.startswith("debian pin ")
-    ]
-    if returncode != 0 and not any(f.source == "debian.lock" for f in findings):
-        findings.append(Finding("debian.lock", "-", stderr.strip()[-500:]))
+        findings = [f for f in results if f.problem]
+        say(f"PyPI and npm: {len(results) - len(findings)}/{len(results)} pins served")
+        total, stale = debian.result()
+    say(f"Debian: {total - len(stale)}/{total} files served")
+    findings += [Finding("debian.lock", line.split(" ")[3], line) for line in stale]
     return findings

@@ -1,12 +1,12 @@
-#!/usr/bin/env python3
-"""Fetch the Debian packages pinned in locks/debian.lock, by sha256 (stdlib only).
+"""Fetch the Debian packages pinned in locks/debian.lock, by sha256.
 
-Runs inside the image build (with the base image's python3) and on the host for the pins check:
+Stdlib only: the image build runs this file with the base image's python3 (a bind mount of
+src/hvt/images/debian_fetch.py), and `hvt pins check` imports it on the host.
 
-  debian-fetch.py fetch LOCK GROUP DEST   download GROUP's files into DEST, verify each sha256,
-                                          and write DEST/manifest.json (what was fetched)
-  debian-fetch.py check LOCK              is every pinned file still served? (the mirror's
-                                          indexes now, then snapshot.debian.org)
+  python3 debian_fetch.py fetch LOCK GROUP DEST   download GROUP's files into DEST, verify each
+                                                  sha256, write DEST/manifest.json
+  python3 debian_fetch.py check LOCK              is every pinned file still served? (the
+                                                  mirror's indexes now, then snapshot.debian.org)
 
 A file is looked for on the mirror first, then on snapshot.debian.org at the lock's timestamp
 (the archive that keeps old versions). When neither serves it, one line names the package, the
@@ -38,11 +38,12 @@ MIRRORS = {
 }
 SNAPSHOT = os.environ.get("DEBIAN_SNAPSHOT", "https://snapshot.debian.org/archive")
 TIMEOUT = 60
-ATTEMPTS = 4  # transient errors (resets, timeouts, 5xx) are retried; a 404 is an answer
+ATTEMPTS = 5  # transient errors (resets, timeouts, 5xx) are retried; a 404 is an answer
 
 
-def _open(request: urllib.request.Request | str) -> Any:
-    """urlopen with retries on transient errors; HTTPError 4xx is raised at once."""
+def open_url(request: urllib.request.Request | str) -> Any:
+    """urlopen with retries on transient errors (DNS, resets, timeouts, 5xx) and backoff;
+    an HTTP 4xx is an answer and is raised at once."""
     for attempt in range(ATTEMPTS):
         try:
             return urllib.request.urlopen(request, timeout=TIMEOUT)
@@ -80,7 +81,7 @@ def index(archive: str, suite: str, arch: str) -> dict[str, list[dict[str, str]]
     """Package name -> its stanzas (Version, Filename, SHA256) in the mirror's index now."""
     url = f"{MIRRORS[archive].rstrip('/')}/dists/{suite}/main/binary-{arch}/Packages.xz"
     try:
-        with _open(url) as resp:
+        with open_url(url) as resp:
             text = lzma.decompress(resp.read()).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
@@ -127,7 +128,7 @@ def download(pkg: dict[str, Any], snapshot: str, dest: Path, lock: Path) -> Path
     errors: list[str] = []
     for url in urls_for(pkg, snapshot):
         try:
-            with _open(url) as resp:
+            with open_url(url) as resp:
                 data = resp.read()
         except (OSError, urllib.error.URLError) as exc:
             errors.append(f"{url}: {exc}")
@@ -149,7 +150,7 @@ def is_served(pkg: dict[str, Any], snapshot: str) -> str:
     answers = []
     for url in urls_for(pkg, snapshot):
         try:
-            with _open(urllib.request.Request(url, method="HEAD")) as resp:
+            with open_url(urllib.request.Request(url, method="HEAD")) as resp:
                 length = resp.headers.get("Content-Length")
                 if length is None or int(length) == pkg["size"]:
                     return ""
@@ -173,7 +174,7 @@ def fetch(lock: Path, group: str, dest: Path) -> int:
         raise SystemExit(f"{lock}: no packages for group {group!r}. Fix: make lock")
     dest.mkdir(parents=True, exist_ok=True)
     snapshot = data["meta"]["snapshot"]
-    print(f"debian-fetch: {group}: {len(pkgs)} package(s), pinned by sha256", flush=True)
+    print(f"debian_fetch: {group}: {len(pkgs)} package(s), pinned by sha256", flush=True)
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
             list(pool.map(lambda p: download(p, snapshot, dest, lock), pkgs))
@@ -188,26 +189,30 @@ def fetch(lock: Path, group: str, dest: Path) -> int:
         json.dumps({"group": group, "lock_generated": data["meta"]["generated"],
                     "packages": manifest}, indent=1) + "\n"
     )  # fmt: skip
-    print(f"debian-fetch: {group}: {len(pkgs)} file(s) verified", flush=True)
+    print(f"debian_fetch: {group}: {len(pkgs)} file(s) verified", flush=True)
     return 0
 
 
-def check(lock: Path) -> int:
-    """Every pin listed, with its sha256, in the mirror's index now; else served by snapshot."""
+def stale_pins(lock: Path) -> tuple[int, list[str]]:
+    """(number of pins, one line per pin not served): every pin must be listed with its sha256
+    in the mirror's index now, or else answer on the pool or the snapshot archive."""
     data = load(lock)
-    pkgs = data.get("package", [])
+    pkgs: list[dict[str, Any]] = data.get("package", [])
     snapshot = data["meta"]["snapshot"]
     try:
         missing = [p for p in pkgs if not in_index(p)]
     except OSError as exc:
-        print(f"debian pin check: the mirror's index is unreachable: {exc}", file=sys.stderr)
-        return 1
+        return len(pkgs), [f"debian pin check: the mirror's index is unreachable: {exc}"]
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = list(pool.map(lambda p: is_served(p, snapshot), missing))
-    stale = [p for p, why in zip(missing, answers, strict=True) if why]
-    for pkg in stale:
-        print(stale_line(pkg, lock), file=sys.stderr)
-    print(f"debian pins: {len(pkgs) - len(stale)}/{len(pkgs)} served", flush=True)
+    return len(pkgs), [stale_line(p, lock) for p, why in zip(missing, answers, strict=True) if why]
+
+
+def check(lock: Path) -> int:
+    total, stale = stale_pins(lock)
+    for line in stale:
+        print(line, file=sys.stderr)
+    print(f"debian pins: {total - len(stale)}/{total} served", flush=True)
     return 1 if stale else 0
 
 
