@@ -5,11 +5,15 @@ Environment read (set by `hvt launch` / compose and forwarded to Ray workers):
   HVT_TRIALS_DIR   trials of this experiment (harbor_trials/<project>/<exp>)
   HVT_PROXY_URL    the LiteLLM proxy as sandboxes reach it (else http://<node0_ip>:<litellm_port>)
   DOCKER_HOST / DOCKER_CERT_PATH / KUBECONFIG   when the config leaves them empty
+  HVT_TASK_BASE_IMAGE  the BASE_IMAGE build argument of task Dockerfiles that take one
+                   (`ARG BASE_IMAGE=...`; the smoke tasks): a mirror or an offline stand-in
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,18 @@ REMOTE_DOCKER_MODULE = "harbor_patch.environments.remote_docker"
 KUBERNETES_MODULE = "harbor_patch.environments.kubernetes"
 STOCK_DOCKER = "harbor.environments.docker.docker:DockerEnvironment"
 OWN_AGENT_MODULE = "harbor_patch.agents.image_mounted_claude_code"
+
+
+def base_image_overlay(base: str, directory: Path) -> tuple[Path, ...]:
+    """A compose overlay passing `base` as the BASE_IMAGE build argument of every task
+    (Dockerfiles with `ARG BASE_IMAGE=<pinned public image>`); none for an empty `base`."""
+    if not base:
+        return ()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "docker-compose-base-image.json"
+    spec = {"services": {"main": {"build": {"args": {"BASE_IMAGE": base}}}}}
+    path.write_text(json.dumps(spec, indent=2))
+    return (path,)
 
 
 @dataclass(frozen=True)
@@ -156,4 +172,9 @@ class RolloutSettings:
             overlay_runtime=overlay,
             overlay_docker_host=h.docker_host or None,
             overlay_docker_cert_path=h.docker_cert_path or None,
+            extra_compose=base_image_overlay(
+                env.get("HVT_TASK_BASE_IMAGE", ""), Path(tempfile.mkdtemp(prefix="hvt-tasks-"))
+            )
+            if env.get("HVT_TASK_BASE_IMAGE")
+            else (),
         )

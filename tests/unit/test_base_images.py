@@ -243,7 +243,7 @@ def test_hvt_images_base_prints_the_reference_and_the_reason(registry: str) -> N
 def test_the_smoke_overlay_passes_base_image_to_the_task_build(tmp_path: Path) -> None:
     from harbor.environments.docker import COMPOSE_BUILD_PATH
 
-    from hvt.smoke.step import base_image_overlay
+    from verl_patch.rollout_settings import base_image_overlay
 
     if not shutil.which("docker"):
         pytest.skip("needs the docker CLI with compose (make testbed)")
@@ -302,14 +302,13 @@ def test_the_smoke_overlay_passes_base_image_to_the_task_build(tmp_path: Path) -
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_smoke_task_builds_on_the_chosen_base_in_a_harbor_trial(tmp_path: Path) -> None:
-    """What the smoke step does: Harbor builds the task (its Dockerfile defaults to the public
+    """What a smoke trial does: Harbor builds the task (its Dockerfile defaults to the public
     image) with the overlay's BASE_IMAGE; the oracle's answer must be verified in it."""
     import asyncio
     import uuid
 
-    from hvt.smoke.step import base_image_overlay
     from verl_patch import harbor_trial
-    from verl_patch.rollout_settings import RolloutSettings
+    from verl_patch.rollout_settings import RolloutSettings, base_image_overlay
 
     client = _engine()
     offline = not bi.probe().answered

@@ -108,10 +108,19 @@ def split(dotted: str) -> tuple[str, list[str]]:
     return ".".join(parts[:i]), parts[i:]
 
 
+# modules that act when imported: verl imports verl_patch.cpu.enable to switch CPU mode on, and
+# it refuses outside CPU mode; such a module is read, not imported
+ACTS_ON_IMPORT = {"verl_patch.cpu.enable"}
+
+
 def resolve(dotted: str) -> None:
     module, attrs = split(dotted)
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin, f"no module {module}"
+    if module in ACTS_ON_IMPORT:
+        missing_names = set(attrs[:1]) - _top_level_names(spec.origin)
+        assert not missing_names, f"{module} defines no {', '.join(missing_names)}"
+        return
     try:
         obj = importlib.import_module(module)
     except ImportError as exc:  # a third-party package this venv does not have

@@ -22,17 +22,19 @@ from hvt.run import launch
 def test_the_launch_command_hands_over_the_smoke_preparation_only_with_cpu_smoke(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen: dict[bool, Any] = {}
-
-    def fake_run(config_file: Path, *, cpu_smoke: bool, skip_preflight: bool, prepare: Any) -> int:
-        seen[cpu_smoke] = prepare
+    def fake_run(config_file: Path, *, cpu: bool, skip_preflight: bool, prepare: Any) -> int:
+        seen.append((cpu, prepare))
         return 0
 
+    seen: list[tuple[bool, Any]] = []
     monkeypatch.setattr(launch, "run", fake_run)
-    for cpu_smoke in (True, False):
+    for cpu, cpu_smoke in ((False, True), (True, False), (False, False)):
         with pytest.raises(typer.Exit):
-            commands_run.launch(config=Path("c.yaml"), cpu_smoke=cpu_smoke, skip_preflight=True)
-    assert seen == {True: commands_run._smoke_inputs, False: None}
+            commands_run.launch(
+                config=Path("c.yaml"), cpu=cpu, cpu_smoke=cpu_smoke, skip_preflight=True
+            )
+    # --cpu-smoke is --cpu plus the smoke's inputs; --cpu alone trains what the config names
+    assert seen == [(True, commands_run._smoke_inputs), (True, None), (False, None)]
 
 
 def test_launch_runs_the_preparation_before_the_preflight(
@@ -49,6 +51,6 @@ def test_launch_runs_the_preparation_before_the_preflight(
         return [fail("planted.check", "a planted failure", "none")], None
 
     monkeypatch.setattr(launch, "preflight", preflight)
-    code = launch.run(filled_config_file, cpu_smoke=True, skip_preflight=False, prepare=prepare)
+    code = launch.run(filled_config_file, cpu=True, skip_preflight=False, prepare=prepare)
     assert code == 1  # the failed preflight refuses the launch before anything starts
     assert calls == ["prepare", "preflight"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,14 @@ import yaml
 
 from hvt.config.model import RunConfig
 from hvt.config.run_paths import RunPaths, repos_dir
-from hvt.run.verl_command import LaunchSpec, command, overrides, runtime_env
+from hvt.run.verl_command import (
+    CPU_CRITIC_OVERRIDES,
+    CPU_OVERRIDES,
+    LaunchSpec,
+    command,
+    overrides,
+    runtime_env,
+)
 from tests.conftest import ROOT, filled_config
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -55,6 +64,25 @@ def _check_golden(name: str, argv: list[str]) -> None:
 def test_golden_command_per_preset(preset: str) -> None:
     argv = command(_cfg(**_preset(preset)), SPEC, ENV)
     _check_golden(f"verl_command_{preset}", argv)
+
+
+@pytest.mark.parametrize("preset", ["ppo", "grpo", "gspo"])
+def test_cpu_command_differs_by_exactly_the_cpu_overrides(preset: str) -> None:
+    """One launch path: CPU mode is the GPU command with CPU_OVERRIDES (and, with a critic,
+    CPU_CRITIC_OVERRIDES) changed or added, nothing else; golden files show the whole line."""
+    cfg = _cfg(**_preset(preset))
+    gpu = command(cfg, SPEC, ENV)
+    cpu = command(cfg, replace(SPEC, cpu=True), ENV)
+    _check_golden(f"verl_command_cpu_{preset}", cpu)
+    expected = {**CPU_OVERRIDES, **(CPU_CRITIC_OVERRIDES if preset == "ppo" else {})}
+    gpu_pairs = dict(item.split("=", 1) for item in gpu[3:])
+    cpu_pairs = dict(item.split("=", 1) for item in cpu[3:])
+    changed = {k for k in cpu_pairs if gpu_pairs.get(k) != cpu_pairs[k]}
+    assert changed == set(expected), changed ^ set(expected)
+    assert set(gpu_pairs) <= set(cpu_pairs)  # nothing a GPU run sets is dropped
+    assert cpu_pairs["actor_rollout_ref.rollout.name"] == "hvt_cpu"
+    assert gpu_pairs["actor_rollout_ref.rollout.name"] == "vllm"
+    assert cpu[:3] == gpu[:3]  # the same python -m verl.trainer.main_ppo
 
 
 def test_presets_differ_where_they_should() -> None:
@@ -158,8 +186,8 @@ def test_every_override_names_a_real_verl_key(repos: Path) -> None:
     generated = repos_dir() / "verl" / "verl" / "trainer" / "config" / "_generated_ppo_trainer.yaml"
     assert generated.is_file(), f"{generated} missing from the pinned verl tree"
     known = _keys(yaml.safe_load(generated.read_text()))
-    for preset in ("ppo", "grpo", "gspo"):
-        for item in overrides(_cfg(**_preset(preset)), SPEC, ENV):
+    for preset, cpu in itertools.product(("ppo", "grpo", "gspo"), (False, True)):
+        for item in overrides(_cfg(**_preset(preset)), replace(SPEC, cpu=cpu), ENV):
             key = item.split("=", 1)[0]
             if key.startswith("+"):
                 continue

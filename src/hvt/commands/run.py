@@ -1,7 +1,7 @@
 """`hvt launch|health|wandb-sync|clean|metrics|tasks`.
 
 `launch` is defined here, not in hvt/run/launch.py: with --cpu-smoke it hands launch.run the
-smoke's preparation (hvt.smoke.step), and only the command line may import smoke.
+smoke's preparation (hvt.smoke.inputs), and only the command line may import smoke.
 """
 
 from __future__ import annotations
@@ -28,10 +28,19 @@ def register(app: typer.Typer) -> None:
 
 def launch(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="config file")] = None,
+    cpu: Annotated[
+        bool,
+        typer.Option(
+            "--cpu",
+            help="CPU mode: verl's real trainer without a GPU (FSDP2 on gloo, the CPU rollout "
+            "replica in place of vLLM; hvt.run.verl_command.CPU_OVERRIDES)",
+        ),
+    ] = False,
     cpu_smoke: Annotated[
         bool,
         typer.Option(
-            "--cpu-smoke", help="CPU mode: the smoke policy in place of vLLM, one rollout step"
+            "--cpu-smoke",
+            help="--cpu, after making the smoke's tiny model and indexing config/smoke-tasks",
         ),
     ] = False,
     skip_preflight: Annotated[
@@ -42,7 +51,7 @@ def launch(
     raise typer.Exit(
         launch_run.run(
             config or default_config_path(),
-            cpu_smoke=cpu_smoke,
+            cpu=cpu or cpu_smoke,
             skip_preflight=skip_preflight,
             prepare=_smoke_inputs if cpu_smoke else None,
         )
@@ -51,7 +60,7 @@ def launch(
 
 def _smoke_inputs(cfg: RunConfig) -> str:
     """--cpu-smoke: the tiny model and the smoke tasks' index, which the preflight then checks."""
-    from hvt.smoke.step import prepare_inputs  # torch and transformers: CPU smoke mode only
+    from hvt.smoke.inputs import prepare_inputs  # torch and transformers: CPU smoke mode only
 
     model, rows = prepare_inputs(cfg)
     return f"tiny model {model}; {len(rows)} task(s) indexed"

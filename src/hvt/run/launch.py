@@ -3,9 +3,12 @@
 Order: validate and preflight -> take the run lock (one run per workdir; a second launch is
 refused) -> name the experiment (persisted, so a restart resumes from the latest checkpoint)
 -> start this bundle's Ray head -> start discovery (it waits for every vLLM replica and writes
-the LiteLLM config the proxy service watches) -> run verl main_ppo (or, with --cpu-smoke, the
-CPU rollout step) with logs/<exp>.log and a throughput-only logs/<exp>_vllm.log -> on exit,
-append the run record and stop what it started.
+the LiteLLM config the proxy service watches) -> run verl main_ppo with logs/<exp>.log and a
+throughput-only logs/<exp>_vllm.log -> on exit, append the run record and stop what it started.
+
+CPU mode (--cpu; `make smoke`) runs the same main_ppo command plus
+`verl_command.CPU_OVERRIDES`, with `verl_command.CPU_ENV` set (verl_patch.cpu: the CPU platform
+and rollout replica) and a Ray head that advertises `ngpus_per_node` logical GPUs.
 
 A launch refused before it holds the lock (a failed preflight such as gpu.foreign, or another
 run holding the lock) touches nothing: no process is stopped, no run is recorded, current_exp
@@ -136,6 +139,7 @@ def tee(stream: IO[str], main_log: Path, vllm_log: Path) -> None:
 
 
 def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -> None:
+    """The head; in CPU mode it advertises logical GPUs, one per trainer rank."""
     i = cfg.inputs.infrastructure
     cmd = [
         "ray",
@@ -148,7 +152,7 @@ def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -
         "--disable-usage-stats",
     ]
     if cpu:
-        cmd.append("--num-gpus=0")
+        cmd.append(f"--num-gpus={i.ngpus_per_node}")
     console.print(
         f"[cyan]ray[/] starting head on :{i.ray_port} (dashboard 127.0.0.1:"
         f"{i.ray_dashboard_port}, temp {paths.ray_temp})"
@@ -180,22 +184,10 @@ def trainer_command(
     exp: str,
     config_file: Path,
     env: dict[str, str],
-    cpu_smoke: bool,
+    cpu: bool,
 ) -> list[str]:
-    if cpu_smoke:
-        return [
-            sys.executable,
-            "-m",
-            "hvt.cli",
-            "smoke",
-            "step",
-            "--config",
-            str(config_file),
-            "--exp",
-            exp,
-        ]
     spec = verl_command.LaunchSpec(
-        exp_name=exp, paths=paths, bundle=bundle_root(), python=sys.executable
+        exp_name=exp, paths=paths, bundle=bundle_root(), python=sys.executable, cpu=cpu
     )
     return verl_command.command(cfg, spec, verl_command.runtime_env(env), config_file)
 
@@ -203,7 +195,7 @@ def trainer_command(
 def run(
     config_file: Path,
     *,
-    cpu_smoke: bool,
+    cpu: bool,
     skip_preflight: bool,
     prepare: Callable[[RunConfig], str] | None = None,
 ) -> int:
@@ -220,7 +212,7 @@ def run(
         console.print(f"[cyan]smoke[/] {prepare(cfg)}")
     if not skip_preflight:
         results, _ = preflight(config_file)
-        if cpu_smoke:  # no GPU and no vLLM by design in CPU mode
+        if cpu:  # no GPU and no vLLM by design in CPU mode
             results = [r for r in results if not r.name.startswith(("gpu.", "model.kv"))]
         if any(r.status is Status.FAIL for r in results):
             render_table(results, console)
@@ -234,12 +226,10 @@ def run(
         console.print(f"[bold red]hvt launch: {exc}[/]")
         return 1
     with lock:
-        return _held_run(cfg, paths, lock, config_file, cpu_smoke)
+        return _held_run(cfg, paths, lock, config_file, cpu)
 
 
-def _held_run(
-    cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path, cpu_smoke: bool
-) -> int:
+def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path, cpu: bool) -> int:
     """A run under the workdir's lock: the only path that names the experiment, stops this
     bundle's processes, appends to the ledger and drops current_exp. A launch refused before
     the lock (preflight, lock held) never gets here."""
@@ -262,11 +252,12 @@ def _held_run(
                 "WANDB_MODE": cfg.inputs.credentials.wandb_mode,
                 "WANDB_DIR": str(paths.wandb),
                 "VLLM_LOGGING_LEVEL": cfg.inputs.infrastructure.vllm_logging_level,
+                **(verl_command.CPU_ENV if cpu else {}),
             }
         )
         console.print(config_summary.render(cfg), markup=False)
         console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
-        code = _train(cfg, paths, exp, config_file, env, cpu_smoke)
+        code = _train(cfg, paths, exp, config_file, env, cpu)
     except LaunchError as exc:
         console.print(f"[bold red]hvt launch: {exc}[/]")
     except KeyboardInterrupt:  # SIGINT before the trainer's signal forwarding was in place
@@ -286,10 +277,10 @@ def _train(
     exp: str,
     config_file: Path,
     env: dict[str, str],
-    cpu_smoke: bool,
+    cpu: bool,
 ) -> int:
     """Ray head, discovery, then the trainer to its end: the trainer's exit code."""
-    start_ray(cfg, paths, env, cpu_smoke)
+    start_ray(cfg, paths, env, cpu)
     discovery = subprocess.Popen(
         [
             sys.executable,
@@ -304,7 +295,7 @@ def _train(
         ],
         env=env,
     )
-    cmd = trainer_command(cfg, paths, exp, config_file, env, cpu_smoke)
+    cmd = trainer_command(cfg, paths, exp, config_file, env, cpu)
     console.print(f"[cyan]trainer[/] {' '.join(cmd[:4])} ... ({len(cmd)} args)")
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1

@@ -20,6 +20,16 @@ AGENT_LOOP_NAME = "harbor_claude_code"
 # Where the agent-loop config lives, relative to the bundle (src/verl_patch is installed editable).
 AGENT_LOOP_CONFIG = Path("src/verl_patch/config/agent_loop_config_cc.yaml")
 
+# CPU mode's environment: `hvt launch --cpu` sets it for main_ppo, which forwards it to every Ray
+# worker (runtime_env). verl imports verl_patch.cpu.enable in each process (verl/__init__.py
+# 49-76), which refuses on a GPU host; VERL_PLATFORM picks its platform (platform_manager.py
+# ~111); VERL_ENGINE_DEVICE picks the FSDP engines registered for cuda (engine/base.py 405).
+CPU_ENV = {
+    "VERL_USE_EXTERNAL_MODULES": "verl_patch.cpu.enable",
+    "VERL_PLATFORM": "cpu",
+    "VERL_ENGINE_DEVICE": "cuda",
+}
+
 # Environment that Ray workers (vLLM servers, agent-loop workers) must see. Values present in
 # the launcher's environment are forwarded; the rest are set here.
 FORWARDED_ENV = (
@@ -29,6 +39,7 @@ FORWARDED_ENV = (
     "HVT_TRIALS_DIR",
     "HVT_TRIALS_ROOT",
     "HVT_PROXY_URL",
+    "HVT_TASK_BASE_IMAGE",
     "LITELLM_MASTER_KEY_FILE",
     "DOCKER_HOST",
     "DOCKER_TLS_VERIFY",
@@ -43,7 +54,37 @@ FORWARDED_ENV = (
     "NCCL_DEBUG",
     "RAY_AUTH_MODE",
     "RAY_AUTH_TOKEN_PATH",
+    "HVT_CPU_WEIGHT_SYNC",  # verl_patch.cpu.replica: off only to show the sync test can fail
+    *CPU_ENV,
 )
+
+
+# CPU mode (`hvt launch --cpu`, `make smoke`): the whole difference from a GPU run's command.
+# verl_patch.cpu (loaded through verl_patch.cpu.ENV) patches the rest; the Ray head advertises
+# `ngpus_per_node` logical GPUs (hvt.run.launch.start_ray). Golden-tested: the CPU command is
+# the GPU command with exactly these keys changed or added.
+CPU_OVERRIDES: dict[str, Any] = {
+    "actor_rollout_ref.rollout.name": "hvt_cpu",  # verl_patch.cpu.replica, not vLLM
+    "actor_rollout_ref.model.use_remove_padding": False,  # needs flash-attn varlen kernels
+    "actor_rollout_ref.model.enable_gradient_checkpointing": False,
+    "++actor_rollout_ref.model.override_config.attn_implementation": "sdpa",
+    "actor_rollout_ref.actor.strategy": "fsdp2",  # FSDP1 wants a device id on CPU
+    "actor_rollout_ref.actor.fsdp_config.strategy": "fsdp2",
+    "actor_rollout_ref.ref.fsdp_config.strategy": "fsdp2",
+    "actor_rollout_ref.actor.use_torch_compile": False,
+    "actor_rollout_ref.actor.fsdp_config.use_torch_compile": False,
+    "actor_rollout_ref.ref.fsdp_config.use_torch_compile": False,
+    "trainer.device": "cpu",
+}
+# ... and for presets with a critic (PPO)
+CPU_CRITIC_OVERRIDES: dict[str, Any] = {
+    "critic.strategy": "fsdp2",
+    "critic.fsdp.strategy": "fsdp2",
+    "critic.fsdp.use_torch_compile": False,
+    "critic.model.use_remove_padding": False,
+    "critic.model.enable_gradient_checkpointing": False,
+    "++critic.model.override_config.attn_implementation": "sdpa",
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +93,7 @@ class LaunchSpec:
     paths: RunPaths
     bundle: Path  # where src/verl_patch lives
     python: str = "python3"
+    cpu: bool = False  # CPU mode: CPU_OVERRIDES (and CPU_CRITIC_OVERRIDES)
 
 
 def _fmt(value: Any) -> str:
@@ -193,9 +235,18 @@ def overrides(
         ("trainer.resume_mode", "auto"),
         ("trainer.log_val_generations", 0),
     ]
+    if spec.cpu:
+        pairs = with_cpu_overrides(pairs, preset.needs_critic)
     for key, value in sorted((env or {}).items()):
         pairs.append((f"++ray_kwargs.ray_init.runtime_env.env_vars.{key}", value))
     return [f"{k}={_fmt(v)}" for k, v in pairs]
+
+
+def with_cpu_overrides(pairs: list[tuple[str, Any]], critic: bool) -> list[tuple[str, Any]]:
+    """Replace the keys CPU mode changes in place; append the ones it adds, in a stable order."""
+    changes = {**CPU_OVERRIDES, **(CPU_CRITIC_OVERRIDES if critic else {})}
+    out = [(k, changes.pop(k, v)) for k, v in pairs]
+    return out + list(changes.items())
 
 
 def runtime_env(environ: dict[str, str]) -> dict[str, str]:

@@ -1,8 +1,10 @@
-"""`hvt smoke`: the CPU smoke's own steps (certs for the TLS sandbox daemon; the rollout step)."""
+"""`hvt smoke`: the CPU smoke (`make smoke`: the stack, its checks) and its TLS certificates."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from hvt.images import base_images
+from hvt.smoke import report, verify
 from hvt.smoke.tls_certs import write_daemon_set
 
 app = typer.Typer(help="The CPU smoke run (make smoke).", no_args_is_help=True)
@@ -27,17 +30,6 @@ def certs(
         for path in [out / "client", *(out / "client").iterdir()]:
             os.chown(path, owner, owner)
     typer.echo(f"certificates in {out} (server/ for dockerd, client/ for the trainer)")
-
-
-@app.command("step")
-def step(
-    config: Annotated[Path, typer.Option(help="the smoke profile (config/smoke.yaml)")],
-    exp: Annotated[str, typer.Option(help="experiment name (hvt launch passes it)")] = "smoke",
-) -> None:
-    """One real rollout step on the CPU, link by link (run by `hvt launch --cpu-smoke`)."""
-    from hvt.smoke import step as smoke_step
-
-    raise typer.Exit(smoke_step.run(config, exp))
 
 
 STACK_FILES = ("compose.yaml", "compose.cpu.yaml")
@@ -77,20 +69,122 @@ def pull_missing(client: Any, refs: list[str]) -> None:
             raise typer.Exit(2)
 
 
+SMOKE_CONFIG = "config/smoke.yaml"
+RESTART_AFTER = 2  # steps of the first launch; the restarted trainer resumes and runs the last
+FIRST_RUN_WAIT_S = 45 * 60
+
+
+def _trainer(client: Any, project: str) -> Any:
+    found = client.containers.list(
+        all=True,
+        filters={
+            "label": [f"com.docker.compose.project={project}", "com.docker.compose.service=trainer"]
+        },
+    )
+    return found[0] if found else None
+
+
+def _follow(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Stream the trainer's log here (a new follower after each restart)."""
+    return subprocess.Popen(
+        _compose(root, env, "logs", "-f", "--no-log-prefix", "--since", "1s", "trainer"), env=env
+    )
+
+
+def _checkpointed(data: Path, project_name: str) -> int:
+    """The latest checkpointed step of the current experiment (0: none yet)."""
+    state = data / "run" / "current_exp"
+    if not state.is_file():
+        return 0
+    marker = (
+        data
+        / "checkpoints"
+        / project_name
+        / state.read_text().strip()
+        / "latest_checkpointed_iteration.txt"
+    )
+    try:
+        return int(marker.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _dashboard_tags(root: Path, env: dict[str, str], port: int) -> dict[str, int] | None:
+    """TensorBoard's scalar series, from the dashboard service's HTTP API."""
+    up = subprocess.run(
+        _compose(root, env, "--profile", "dashboard", "up", "-d", "dashboard"), env=env, check=False
+    )
+    if up.returncode != 0:
+        return None
+    deadline = time.monotonic() + 180
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            tags = verify.tensorboard_tags(f"http://127.0.0.1:{port}")
+            if tags:
+                return tags
+            last = "no scalars yet"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(3)
+    typer.echo(f"hvt smoke: TensorBoard did not answer on 127.0.0.1:{port} ({last})", err=True)
+    return {}
+
+
+def _run_and_resume(
+    root: Path, env: dict[str, str], client: Any, project: str, data: Path, project_name: str
+) -> int:
+    """Up; after global_step_{RESTART_AFTER}, restart the trainer; its last exit code."""
+    follower = _follow(root, env)
+    started = time.monotonic()
+    try:
+        while True:
+            trainer = _trainer(client, project)
+            trainer.reload()
+            if trainer.status == "exited":
+                typer.echo(
+                    f"hvt smoke: the trainer exited before global_step_{RESTART_AFTER} "
+                    f"(exit {trainer.attrs['State']['ExitCode']})",
+                    err=True,
+                )
+                return int(trainer.attrs["State"]["ExitCode"]) or 1
+            if _checkpointed(data, project_name) >= RESTART_AFTER:
+                break
+            if time.monotonic() - started > FIRST_RUN_WAIT_S:
+                typer.echo(f"hvt smoke: no global_step_{RESTART_AFTER} after "
+                           f"{FIRST_RUN_WAIT_S // 60} min", err=True)  # fmt: skip
+                return 1
+            time.sleep(5)
+        typer.echo(
+            f"hvt smoke: global_step_{RESTART_AFTER} written after "
+            f"{time.monotonic() - started:.0f} s; restarting the trainer (it must resume)"
+        )
+        trainer.restart(timeout=120)
+    finally:
+        follower.terminate()
+    follower = _follow(root, env)
+    try:
+        result = trainer.wait()
+    finally:
+        time.sleep(2)
+        follower.terminate()
+    return int(result["StatusCode"])
+
+
 @app.command("stack")
 def stack(
-    data_dir: Annotated[Path, typer.Option(help="run directory (logs, trials, artifacts)")] = Path(
-        "data/smoke"
-    ),
-    keep: Annotated[bool, typer.Option(help="leave the stack up after the step")] = False,
+    data_dir: Annotated[
+        Path, typer.Option(help="where each smoke's run directory (run-<UTC time>) goes")
+    ] = Path("data/smoke"),
+    keep: Annotated[bool, typer.Option(help="leave the stack up after the run")] = False,
     project: Annotated[str, typer.Option(help="compose project name")] = "hvt-smoke",
 ) -> None:
-    """`make smoke`: the CPU stack (compose.yaml + compose.cpu.yaml), one rollout step, down."""
-    import subprocess
-
+    """`make smoke`: the CPU stack runs verl's real trainer (GRPO) for two steps, is restarted,
+    resumes from global_step_2 and runs step 3; then the checks, and down."""
     import docker
 
     from hvt.config.bundle import bundle_root
+    from hvt.config.load import load
 
     root = bundle_root()
     client = docker.from_env()
@@ -113,7 +207,8 @@ def stack(
     if not key.is_file():
         typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
         raise typer.Exit(2)
-    data = data_dir.resolve()
+    # a fresh run directory per smoke: no ledger, current_exp or checkpoint of an earlier one
+    data = data_dir.resolve() / time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
     for sub in (data, data / "harbor_trials"):  # the proxy checks the trials root is mounted
         sub.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
@@ -129,37 +224,43 @@ def stack(
         "IMAGE_PREFIX": prefix,
         "IMAGE_TAG": tag,
         "DOCKERD_IMAGE": images.dockerd,  # the TLS sandbox daemon (compose.cpu.yaml)
-        "HVT_TASK_BASE_IMAGE": images.python,  # the smoke tasks' BASE_IMAGE (step.py)
+        "HVT_TASK_BASE_IMAGE": images.python,  # the smoke tasks' BASE_IMAGE (rollout_settings)
     }
+    cfg = load(root / SMOKE_CONFIG)
+    project_name = cfg.inputs.experiment.project_name
+    dashboard_port = int(env.get("DASHBOARD_PORT", "6006"))
     started = time.monotonic()
     typer.echo(f"hvt smoke: starting the CPU stack (project {project}, run dir {data})")
     up = subprocess.run(_compose(root, env, "up", "-d", "--quiet-pull"), env=env, check=False)
     code = up.returncode
     if code == 0:
-        # follow the trainer until it exits; its exit code is the step's verdict
-        subprocess.run(
-            _compose(root, env, "logs", "-f", "--no-log-prefix", "trainer"), env=env, check=False
-        )
-        trainer = client.containers.list(
-            all=True,
-            filters={
-                "label": [
-                    f"com.docker.compose.project={project}",
-                    "com.docker.compose.service=trainer",
-                ]
-            },
-        )
-        code = int(trainer[0].wait()["StatusCode"]) if trainer else 1
+        code = _run_and_resume(root, env, client, project, data, project_name)
         if code != 0:
-            typer.echo("hvt smoke: the step failed; the proxy's last lines:", err=True)
+            typer.echo("hvt smoke: the trainer failed; the proxy's last lines:", err=True)
             subprocess.run(
-                _compose(root, env, "logs", "--tail", "40", "litellm", "sandbox-tls"),
-                env=env,
-                check=False,
+                _compose(root, env, "logs", "--tail", "40", "litellm"), env=env, check=False
             )
-    typer.echo(
-        f"hvt smoke: step finished with exit code {code} after {time.monotonic() - started:.0f} s"
-    )
+    typer.echo(f"hvt smoke: the trainer ended with exit code {code} after "
+               f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    if code == 0:
+        tags = _dashboard_tags(root, env, dashboard_port)
+        checks, rows, steps = verify.verify(
+            data,
+            project_name,
+            first_run_steps=RESTART_AFTER,
+            total_steps=cfg.inputs.training.total_epochs,
+            tensorboard=tags,
+        )
+        report.print_report(checks, rows, steps, time.monotonic() - started)
+        (data / "smoke-summary.json").write_text(
+            json.dumps(
+                {"checks": [c.__dict__ for c in checks], "rollouts": rows, "steps": steps},
+                indent=2,
+                default=str,
+            )
+        )
+        typer.echo(f"hvt smoke: summary {data / 'smoke-summary.json'}")
+        code = 0 if all(c.ok for c in checks) else 1
     if not keep:
         subprocess.run(_compose(root, env, "down", "-v", "--remove-orphans"), env=env, check=False)
         leftovers = client.containers.list(
@@ -168,7 +269,4 @@ def stack(
         if leftovers:
             typer.echo(f"hvt smoke: {len(leftovers)} container(s) left behind", err=True)
             code = code or 1
-    summaries = sorted(data.glob("harbor_trials/*/*/smoke-summary.json"))
-    if summaries:
-        typer.echo(f"hvt smoke: summary {summaries[-1]}")
     raise typer.Exit(code)
