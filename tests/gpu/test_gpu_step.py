@@ -1,8 +1,12 @@
-"""Opt-in: one real training step on a GPU host with a small model (vLLM + FSDP + Harbor).
+"""Opt-in: the real GPU path (vLLM + FSDP + Harbor) checked as the CPU smoke checks it.
 
 Runs where `nvidia-smi` sees a GPU and HVT_GPU_TEST_MODEL names a small Hugging Face chat model
 directory (for example Qwen2.5-0.5B-Instruct); skips with the reason everywhere else. It uses the
-real compose stack with the GPU reservation: `make image` first.
+real compose stack with the GPU reservation (`make image` first): a first launch runs two steps
+(`total_epochs: 2`, two tasks, batch 2), a second launch of the same experiment with
+`total_epochs: 3` resumes from global_step_2 and runs step 3. Asserted with the smoke's own
+checks (hvt.smoke.verify): verl's `step:1`..`step:3` lines, the resume line, `global_step_1..3`,
+and rollouts whose tokens are exact (`tokens_exact` in rollouts.jsonl).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hvt.smoke import verify
 from tests.conftest import ROOT, filled_config
 
 
@@ -63,7 +68,7 @@ def test_one_real_step(tmp_path: Path) -> None:
             "runtime_info.input.training.max_prompt_length": 8192,
             "runtime_info.input.training.max_response_length": 16384,
             "runtime_info.input.training.sp_size": 1,
-            "runtime_info.input.training.total_epochs": 1,
+            "runtime_info.input.training.total_epochs": 2,
             "runtime_info.input.training.save_freq": 1,
             "runtime_info.input.training.test_freq": -1,
             "runtime_info.input.harbor_agent.max_iterations": 3,
@@ -102,16 +107,30 @@ def test_one_real_step(tmp_path: Path) -> None:
         )
     )
     compose += ["-f", str(override)]
+    log = data / "logs" / "gpu-one-step.log"
     try:
-        subprocess.run([*compose, "up", "-d"], env=env, check=True)
-        log = data / "logs" / "gpu-one-step.log"
-        deadline = time.monotonic() + 3000
-        while time.monotonic() < deadline:
-            if log.is_file() and "step:1 " in log.read_text(errors="replace"):
-                break
-            time.sleep(15)
-        else:
-            pytest.fail(f"no `step:1` line in {log} within 50 min")
-        assert (data / "checkpoints" / "swe-lego-live-rl" / "gpu-one-step").is_dir()
+        for epochs in (2, 3):  # the second launch resumes the experiment from global_step_2
+            cfg["runtime_info"]["input"]["training"]["total_epochs"] = epochs
+            (config_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            subprocess.run([*compose, "up", "-d", "--force-recreate"], env=env, check=True)
+            deadline = time.monotonic() + 3000
+            while time.monotonic() < deadline:
+                if f"step:{epochs} " in (log.read_text(errors="replace") if log.is_file() else ""):
+                    break
+                time.sleep(15)
+            else:
+                pytest.fail(f"no `step:{epochs}` line in {log} within 50 min")
+            subprocess.run([*compose, "stop", "trainer"], env=env, check=False)
+        steps = verify.step_lines(log)
+        assert {1, 2, 3} <= set(steps), sorted(steps)
+        assert "Resuming from" in log.read_text(
+            errors="replace"
+        ) and "global_step_2" in log.read_text(errors="replace")
+        ckpt = data / "checkpoints" / "swe-lego-live-rl" / "gpu-one-step"
+        assert {"global_step_1", "global_step_2", "global_step_3"} <= {
+            p.name for p in ckpt.iterdir()
+        }
+        rows = verify.rollouts(data / "harbor_trials" / "swe-lego-live-rl" / "gpu-one-step")
+        assert any((r.get("metrics") or {}).get("tokens_exact") == 1.0 for r in rows), rows
     finally:
         subprocess.run([*compose, "down", "-v"], env=env, check=False)

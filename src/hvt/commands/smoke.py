@@ -1,4 +1,4 @@
-"""`hvt smoke certs|step|stack` (make smoke)."""
+"""`hvt smoke stack` (make smoke)."""
 
 from __future__ import annotations
 

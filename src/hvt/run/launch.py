@@ -49,6 +49,7 @@ from hvt.run import records as run_records
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 EXP_PREFIX = "harbor-cc-sync-1n"
+CPU_MODE_RAY_CPUS = 32
 # vLLM's periodic stats and verl's rollout timing: what the throughput log keeps.
 THROUGHPUT = re.compile(
     r"throughput|tokens/s|tok/s|Running: \d+ reqs|KV cache usage|timing_s/gen|perf/throughput",
@@ -152,7 +153,11 @@ def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -
         "--disable-usage-stats",
     ]
     if cpu:
-        cmd.append(f"--num-gpus={i.ngpus_per_node}")
+        # logical GPUs (one per trainer rank) and CPUs: Ray counts CPUs as slots, and verl's
+        # task runner, TransferQueue, FSDP, agent-loop and reward workers each take one
+        cmd += [f"--num-gpus={i.ngpus_per_node}", f"--num-cpus={CPU_MODE_RAY_CPUS}"]
+        # Ray starts workers at nice 15; on a CPU host the workers are the training itself
+        env = {**env, "RAY_worker_niceness": "0"}
     console.print(
         f"[cyan]ray[/] starting head on :{i.ray_port} (dashboard 127.0.0.1:"
         f"{i.ray_dashboard_port}, temp {paths.ray_temp})"

@@ -13,23 +13,13 @@ import typer
 
 from hvt.images import base_images
 from hvt.smoke import report, verify
-from hvt.smoke.tls_certs import write_daemon_set
 
 app = typer.Typer(help="The CPU smoke run (make smoke).", no_args_is_help=True)
 
 
-@app.command("certs")
-def certs(
-    out: Annotated[Path, typer.Option(help="directory for server/ and client/")],
-    san: Annotated[list[str], typer.Option(help="names and IPs the daemon answers to")],
-    owner: Annotated[int | None, typer.Option(help="uid that gets the client files")] = None,
-) -> None:
-    """Issue a CA, a server certificate for the TLS sandbox daemon and a client certificate."""
-    write_daemon_set(out, [*san, "localhost", "127.0.0.1"])
-    if owner is not None:
-        for path in [out / "client", *(out / "client").iterdir()]:
-            os.chown(path, owner, owner)
-    typer.echo(f"certificates in {out} (server/ for dockerd, client/ for the trainer)")
+@app.callback()
+def smoke() -> None:
+    """The CPU smoke run (make smoke): `hvt smoke stack`."""
 
 
 STACK_FILES = ("compose.yaml", "compose.cpu.yaml")
@@ -202,7 +192,7 @@ def stack(
         typer.echo(f"hvt smoke: missing images {', '.join(missing)} (fix: make image)", err=True)
         raise typer.Exit(2)
     if images.source == "public":
-        pull_missing(client, [images.python, images.dockerd])
+        pull_missing(client, [images.python])
     key = root / "secrets" / "litellm_master_key"
     if not key.is_file():
         typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
@@ -223,7 +213,6 @@ def stack(
         "DOCKER_GID": str(sock.stat().st_gid if sock.exists() else 999),
         "IMAGE_PREFIX": prefix,
         "IMAGE_TAG": tag,
-        "DOCKERD_IMAGE": images.dockerd,  # the TLS sandbox daemon (compose.cpu.yaml)
         "HVT_TASK_BASE_IMAGE": images.python,  # the smoke tasks' BASE_IMAGE (rollout_settings)
     }
     cfg = load(root / SMOKE_CONFIG)

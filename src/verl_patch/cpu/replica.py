@@ -39,6 +39,15 @@ def server_name(replica_rank: int) -> str:
     return f"vllm_server_{replica_rank}_0"  # what discovery and the proxy look for
 
 
+def model_dir(model_config: Any) -> str:
+    """The model's local directory: HFModelConfig's local_path, or the path of the DictConfig
+    verl hands the replica (a local directory in CPU mode)."""
+    local = getattr(model_config, "local_path", None)
+    if local is None and hasattr(model_config, "get"):
+        local = model_config.get("local_path") or model_config.get("path")
+    return str(local or model_config.path)
+
+
 def served_model_name(config: Any) -> str:
     engine = (getattr(config, "engine_kwargs", None) or {}).get("vllm") or {}
     name = engine.get("served_model_name") if hasattr(engine, "get") else None
@@ -68,7 +77,7 @@ class CpuReplica(RolloutReplica):  # type: ignore[misc]
             max_concurrency=self.max_concurrency,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         ).remote(
-            str(self.model_config.local_path),
+            model_dir(self.model_config),
             served_model_name(self.config),
             self.replica_rank,
         )
