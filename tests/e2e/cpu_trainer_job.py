@@ -116,7 +116,6 @@ def main() -> int:
     }
     argv = [a for a in argv if a.split("=", 1)[0] not in test_only]
     argv += [f"{k}={v}" for k, v in test_only.items()]
-    argv += ["++reward.num_workers=1"]
     print("test-only overrides: " + " ".join(f"{k}={v}" for k, v in test_only.items()), flush=True)
     env = {
         **os.environ,

@@ -75,6 +75,10 @@ CPU_OVERRIDES: dict[str, Any] = {
     "actor_rollout_ref.actor.fsdp_config.use_torch_compile": False,
     "actor_rollout_ref.ref.fsdp_config.use_torch_compile": False,
     "trainer.device": "cpu",
+    # fewer helper processes: each Ray worker imports verl and torch (about a core-minute on a
+    # small CPU host), and verl's defaults start 8 reward workers and 8 TransferQueue units
+    "reward.num_workers": 1,
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units": 1,
 }
 # ... and for presets with a critic (PPO)
 CPU_CRITIC_OVERRIDES: dict[str, Any] = {
