@@ -127,13 +127,15 @@ def main() -> int:
         "HYDRA_FULL_ERROR": "1",
         "RAY_worker_niceness": "0",  # as hvt launch --cpu starts Ray
     }
-    started = subprocess.run(
-        ["ray", "start", "--head", "--num-gpus=2", "--num-cpus=32", "--disable-usage-stats",
-         "--include-dashboard=false"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if started.returncode != 0:
-        print(started.stderr[-3000:])
+    head = ["ray", "start", "--head", "--num-gpus=2", "--num-cpus=32", "--disable-usage-stats",
+            "--include-dashboard=false"]  # fmt: skip
+    for attempt in range(3):  # a loaded host can miss Ray's fixed 30 s raylet start-up window
+        started = subprocess.run(head, env=env, capture_output=True, text=True, check=False)
+        if started.returncode == 0:
+            break
+        print(f"ray start failed (attempt {attempt + 1}): {started.stderr[-1500:]}", flush=True)
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, check=False)
+    else:
         return 1
     log = w / "main_ppo.log"
     with log.open("w") as out:

@@ -50,6 +50,7 @@ from hvt.run import records as run_records
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 EXP_PREFIX = "harbor-cc-sync-1n"
 CPU_MODE_RAY_CPUS = 32
+RAY_START_ATTEMPTS = 3
 # vLLM's periodic stats and verl's rollout timing: what the throughput log keeps.
 THROUGHPUT = re.compile(
     r"throughput|tokens/s|tok/s|Running: \d+ reqs|KV cache usage|timing_s/gen|perf/throughput",
@@ -163,7 +164,14 @@ def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -
         f"{i.ray_dashboard_port}, temp {paths.ray_temp})"
     )
     started = time.monotonic()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        # Ray gives the raylet a fixed 30 s to register (ray/_private/node.py): on a loaded
+        # host that can pass; that one transient error is retried after stopping what started
+        if out.returncode == 0 or "timed out during startup" not in out.stderr:
+            break
+        console.print(f"[yellow]ray[/] start timed out under load (attempt {attempt}); retrying")
+        stop_ours(paths)
     if out.returncode != 0:
         raise LaunchError(
             f"ray start failed: {out.stderr.strip()[-800:]} (check ports.ray in "

@@ -80,6 +80,7 @@ class CpuReplica(RolloutReplica):  # type: ignore[misc]
             model_dir(self.model_config),
             served_model_name(self.config),
             self.replica_rank,
+            int(self.config.prompt_length),  # data.max_prompt_length
         )
         self.servers = [server]
         host, port = await server.launch_server.remote()

@@ -54,7 +54,7 @@ class HFPolicy:
         self,
         model_dir: Path,
         max_new_tokens: int = MAX_NEW_TOKENS,
-        max_prompt_tokens: int = 4096,
+        max_prompt_tokens: int = 4096,  # longer chat prompts keep their last tokens
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -309,8 +309,11 @@ def serve_in_thread(policy: HFPolicy, served_model_name: str, host: str = "0.0.0
 class CpuRolloutServer:
     """The Ray actor behind `vllm_server_{replica}_0` (wrapped with ray.remote by CpuReplica)."""
 
-    def __init__(self, model_dir: str, served_model_name: str, replica_rank: int) -> None:
+    def __init__(
+        self, model_dir: str, served_model_name: str, replica_rank: int, max_prompt_tokens: int
+    ) -> None:
         self.model_dir = Path(model_dir)
+        self.max_prompt_tokens = max_prompt_tokens
         self.served_model_name = served_model_name
         self.replica_rank = replica_rank
         self.policy: HFPolicy | None = None
@@ -320,7 +323,7 @@ class CpuRolloutServer:
     def launch_server(self) -> tuple[str, int]:
         import ray
 
-        self.policy = HFPolicy(self.model_dir)
+        self.policy = HFPolicy(self.model_dir, max_prompt_tokens=self.max_prompt_tokens)
         port = serve_in_thread(self.policy, self.served_model_name)
         self.address = (ray.util.get_node_ip_address(), port)  # type: ignore[no-untyped-call]
         log.info("vllm_server_%d_0 (CPU) serving on %s:%d", self.replica_rank, *self.address)
