@@ -26,7 +26,7 @@ import pytest
 
 from tests.helpers.timing import scaled
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(scaled(900))]
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNCED = 0.99
@@ -55,7 +55,7 @@ def run_job(image: str, tmp_path: Path, preset: str, steps: int, sync: str = "on
         image, "/hvt/tests/e2e/cpu_trainer_job.py",
         "--preset", preset, "--steps", str(steps), "--sync", sync, "--workdir", str(work),
     ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=scaled(900))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=scaled(850))
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stdout[-6000:] + run.stderr[-3000:]
     return dict(json.loads(lines[-1].removeprefix("RESULT ")))

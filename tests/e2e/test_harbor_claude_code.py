@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.helpers.prerequisites import require_images
+from tests.helpers.timing import scaled
 from verl_patch import harbor_trial
 from verl_patch.rollout_settings import RolloutSettings
 from verl_patch.termination import Termination
@@ -200,6 +201,9 @@ def _settings(tmp_path: Path, sidecar: Path, max_turns: int, **overrides: Any) -
         },
         "override_cpus": 1,
         "override_memory_mb": 1024,
+        # the task's 120 s agent limit, scaled: claude-code's start-up alone took most of it on
+        # a 2-core machine under a CPU burner (AgentTimeoutError in a CI run under load)
+        "agent_timeout_multiplier": scaled(1.0),
         "max_retries": 0,
         "pod_name_prefix": prefix,
         "extra_compose": (sidecar,),
