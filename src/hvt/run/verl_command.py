@@ -238,6 +238,9 @@ def overrides(
         ),
         ("trainer.resume_mode", "auto"),
         ("trainer.log_val_generations", 0),
+        # Hydra's own output (the composed config, its log): in the run's logs, not in the
+        # working directory, which the trainer image's user cannot write
+        ("hydra.run.dir", str(spec.paths.logs / "hydra" / spec.exp_name)),
     ]
     if spec.cpu:
         pairs = with_cpu_overrides(pairs, preset.needs_critic)
