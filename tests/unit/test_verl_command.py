@@ -202,3 +202,22 @@ def test_agent_loop_config_exists_in_the_bundle() -> None:
         pytest.fail(f"{path} is missing: the launch points verl at it")
     names = [entry.get("name") for entry in yaml.safe_load(path.read_text())]
     assert AGENT_LOOP_NAME in names
+
+
+def test_fixed_micro_batches_without_dynamic_batch_size() -> None:
+    """verl's actor config refuses to start without micro-batch sizes when use_dynamic_bsz is
+    off (the first real CPU launch stopped on it); with it on, verl sizes batches by tokens."""
+    fixed = {
+        "runtime_info.input.training.use_dynamic_bsz": False,
+        "runtime_info.input.training.micro_batch_size_per_gpu": 2,
+    }
+    argv = overrides(_cfg(**_preset("ppo"), **fixed), SPEC, ENV)
+    for key in (
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+        "critic.ppo_micro_batch_size_per_gpu",
+    ):
+        assert f"{key}=2" in argv
+    dynamic = overrides(_cfg(**_preset("ppo")), SPEC, ENV)
+    assert not any("micro_batch_size" in item for item in dynamic)

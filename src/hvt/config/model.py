@@ -86,6 +86,7 @@ class Training(Section):
     max_response_length: PositiveInt = 68000
     sp_size: PositiveInt = 4
     use_dynamic_bsz: bool = True
+    micro_batch_size_per_gpu: PositiveInt = 1  # only without use_dynamic_bsz
     ref_offload: bool = True
     actor_offload: bool = True
     total_epochs: PositiveInt = 3

@@ -212,6 +212,17 @@ def overrides(
         ("algorithm.use_kl_in_reward", False),
         *sorted(preset.verl_overrides.items()),
     ]
+    if not t.use_dynamic_bsz:  # verl then needs fixed micro-batches (FSDPActorConfig asserts)
+        pairs += [
+            ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", t.micro_batch_size_per_gpu),
+            (
+                "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+                t.micro_batch_size_per_gpu,
+            ),
+            ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", t.micro_batch_size_per_gpu),
+        ]
+        if preset.needs_critic:
+            pairs.append(("critic.ppo_micro_batch_size_per_gpu", t.micro_batch_size_per_gpu))
     if preset.needs_critic:
         pairs += [
             ("critic.enable", True),
