@@ -221,3 +221,11 @@ def test_fixed_micro_batches_without_dynamic_batch_size() -> None:
         assert f"{key}=2" in argv
     dynamic = overrides(_cfg(**_preset("ppo")), SPEC, ENV)
     assert not any("micro_batch_size" in item for item in dynamic)
+
+
+def test_forwarded_env_values_stay_strings() -> None:
+    """Ray refuses runtime_env env vars that are not strings; Hydra reads `1` as an int unless
+    quoted (the first real launch stopped on DOCKER_TLS_VERIFY=1)."""
+    argv = overrides(_cfg(), SPEC, {"DOCKER_TLS_VERIFY": "1", "WANDB_MODE": "offline"})
+    assert "++ray_kwargs.ray_init.runtime_env.env_vars.DOCKER_TLS_VERIFY='1'" in argv
+    assert "++ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE='offline'" in argv

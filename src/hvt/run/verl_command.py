@@ -100,7 +100,14 @@ class LaunchSpec:
     cpu: bool = False  # CPU mode: CPU_OVERRIDES (and CPU_CRITIC_OVERRIDES)
 
 
+class Text(str):
+    """A value Hydra must read as a string (it would parse `1` or `true` otherwise): Ray refuses
+    a runtime_env env var that is not a string."""
+
+
 def _fmt(value: Any) -> str:
+    if isinstance(value, Text):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -256,7 +263,7 @@ def overrides(
     if spec.cpu:
         pairs = with_cpu_overrides(pairs, preset.needs_critic)
     for key, value in sorted((env or {}).items()):
-        pairs.append((f"++ray_kwargs.ray_init.runtime_env.env_vars.{key}", value))
+        pairs.append((f"++ray_kwargs.ray_init.runtime_env.env_vars.{key}", Text(value)))
     return [f"{k}={_fmt(v)}" for k, v in pairs]
 
 
