@@ -168,7 +168,7 @@ def test_runtime_env_forwards_only_what_is_set() -> None:
     )
     assert env == {"HVT_CONFIG": "/c.yaml", "VLLM_ATTENTION_BACKEND": "FLASH_ATTN"}
     argv = overrides(_cfg(), SPEC, env)
-    assert "++ray_kwargs.ray_init.runtime_env.env_vars.VLLM_ATTENTION_BACKEND=FLASH_ATTN" in argv
+    assert "++ray_kwargs.ray_init.runtime_env.env_vars.VLLM_ATTENTION_BACKEND='FLASH_ATTN'" in argv
 
 
 def _keys(node: Any, prefix: str = "") -> set[str]:
