@@ -113,7 +113,7 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
             ),
         )
         self._record(sample, step, split, extra)
-        return self._output(sample)
+        return self._output(sample, step)
 
     def _record(self, sample: Sample, step: int | None, split: str, extra: dict[str, Any]) -> None:
         line = {
@@ -141,8 +141,13 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
         )
 
     @staticmethod
-    def _output(sample: Sample) -> AgentLoopOutput:
+    def _output(sample: Sample, step: int | None = None) -> AgentLoopOutput:
         m = sample.metrics
+        # The weight version that served the trial, which verl's v1 trainer reads from every
+        # output (trainer_base.py 1896-1897: staleness metrics; llm_server.py 160-162 sets it
+        # for calls through its own client). Claude-code reaches the replicas over HTTP, so the
+        # loop sets it: in sync mode step N is served by the weights of step N-1.
+        version = max(0, step - 1) if step is not None else 0
         return AgentLoopOutput(
             prompt_ids=sample.prompt_ids,
             response_ids=sample.response_ids,
@@ -158,5 +163,7 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
                 "reward_extra_info": dict(m),
                 "hvt_termination": sample.termination.value,
                 "hvt_trial_dir": sample.info["trial_dir"],
+                "min_global_steps": version,
+                "max_global_steps": version,
             },
         )

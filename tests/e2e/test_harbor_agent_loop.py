@@ -72,6 +72,7 @@ async def one(cfg, registry, tok, row):
         "rm_scores": tensors["rm_scores"].tolist(),
         "termination": out.extra_fields["hvt_termination"],
         "trial_dir": out.extra_fields["hvt_trial_dir"],
+        "weight_versions": [out.extra_fields[k] for k in ("min_global_steps", "max_global_steps")],
         "info": out.extra_fields["reward_extra_info"],
         "eos": tok.eos_token_id,
     }
@@ -184,6 +185,9 @@ def test_agent_loop_in_the_trainer_image(tmp_path: Path, trainer_image: str) -> 
         assert rollout["prompt_decoded"].split()[-2:] == ["<|im_start|>", "assistant"]
         assert rollout["info"]["termination/agent_completed"] == 1.0
         assert rollout["info"]["trainable"] == 0.0
+        # verl's v1 trainer reads the serving weight version from every output: step 3's
+        # trials are served by the weights of step 2 in sync mode
+        assert rollout["weight_versions"] == [2, 2]
     assert Path(train["trial_dir"]).parent == trials / "step_0003"
     assert Path(val["trial_dir"]).parent == trials / "val_step_0003"
     (line,) = (trials / "step_0003" / "rollouts.jsonl").read_text().splitlines()

@@ -320,11 +320,13 @@ class CpuRolloutServer:
         self.address: tuple[str, int] | None = None
         self.global_steps = 0
 
-    def launch_server(self) -> tuple[str, int]:
+    async def launch_server(self) -> tuple[str, int]:
         import ray
 
-        self.policy = HFPolicy(self.model_dir, max_prompt_tokens=self.max_prompt_tokens)
-        port = serve_in_thread(self.policy, self.served_model_name)
+        self.policy = await asyncio.to_thread(
+            HFPolicy, self.model_dir, max_prompt_tokens=self.max_prompt_tokens
+        )
+        port = await asyncio.to_thread(serve_in_thread, self.policy, self.served_model_name)
         self.address = (ray.util.get_node_ip_address(), port)  # type: ignore[no-untyped-call]
         log.info("vllm_server_%d_0 (CPU) serving on %s:%d", self.replica_rank, *self.address)
         return self.address
@@ -334,9 +336,11 @@ class CpuRolloutServer:
             raise RuntimeError("the CPU rollout server was not launched")
         return self.policy
 
-    def get_server_address(self) -> tuple[str, int]:
-        if self.address is None:
-            raise RuntimeError("the CPU rollout server was not launched")
+    async def get_server_address(self) -> tuple[str, int]:
+        """The HTTP address, once launched: discovery may ask as soon as the actor has its name
+        (vLLM's servers answer only when serving, too)."""
+        while self.address is None:
+            await asyncio.sleep(0.5)
         return self.address
 
     async def generate(
