@@ -314,7 +314,10 @@ def _train(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
 
+    stopped: list[int] = []
+
     def forward(signum: int, _frame: object) -> None:
+        stopped.append(signum)
         proc.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
 
     signal.signal(signal.SIGTERM, forward)
@@ -329,4 +332,6 @@ def _train(
     code = proc.wait()
     reader.join(timeout=10)
     discovery.terminate()
+    if stopped and code != 0:  # main_ppo exits 1 on the forwarded SIGINT: the run was stopped
+        return 128 + stopped[0]
     return code
