@@ -251,7 +251,11 @@ def stack(
         typer.echo(f"hvt smoke: summary {data / 'smoke-summary.json'}")
         code = 0 if all(c.ok for c in checks) else 1
     if not keep:
-        subprocess.run(_compose(root, env, "down", "-v", "--remove-orphans"), env=env, check=False)
+        subprocess.run(
+            _compose(root, env, "--profile", "dashboard", "down", "-v", "--remove-orphans"),
+            env=env,
+            check=False,
+        )
         leftovers = client.containers.list(
             all=True, filters={"label": f"com.docker.compose.project={project}"}
         )
