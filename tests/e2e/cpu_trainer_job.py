@@ -28,31 +28,23 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     text = solution_str or ""
     return text.count(ground_truth) / max(1, len(text))
 """
-PRESET_KEYS = {
-    "ppo": {"adv_estimator": "gae", "policy_loss_mode": "vanilla", "loss_agg_mode": "token-mean"},
-    "grpo": {"adv_estimator": "grpo", "policy_loss_mode": "vanilla", "loss_agg_mode": "token-mean"},
-    "gspo": {
-        "adv_estimator": "grpo",
-        "policy_loss_mode": "gspo",
-        "loss_agg_mode": "seq-mean-token-mean",
-    },
-}
 
 
 def main() -> int:
+    sys.path.insert(0, "/hvt")  # tests.* (the checkout is mounted at /hvt)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", required=True, choices=sorted(PRESET_KEYS))
+    parser.add_argument("--preset", required=True, choices=("ppo", "grpo", "gspo"))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--sync", default="on", choices=["on", "off"])
-    args = parser.parse_args()
-    sys.path.insert(0, "/hvt")  # tests.conftest.filled_config
+    args = parser.parse_args()  # tests.conftest.filled_config
     from hvt.config.model import RunConfig
     from hvt.config.run_paths import RunPaths
     from hvt.run import verl_command
     from hvt.smoke.inputs import make_tiny_model
     from hvt.smoke.verify import step_lines
     from tests.conftest import filled_config
+    from tests.helpers.presets import PRESET_KEYS
 
     w = args.workdir
     model = make_tiny_model(w / "model")

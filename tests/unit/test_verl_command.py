@@ -22,6 +22,7 @@ from hvt.run.verl_command import (
     runtime_env,
 )
 from tests.conftest import ROOT, filled_config
+from tests.helpers.presets import PRESET_KEYS
 
 GOLDEN = Path(__file__).parent / "golden"
 SPEC = LaunchSpec(
@@ -30,15 +31,6 @@ SPEC = LaunchSpec(
     bundle=Path("/workspace/repos/harbor-verl-train"),
 )
 ENV = {"HVT_CONFIG": "/workspace/config/config.yaml", "WANDB_MODE": "offline"}
-PRESET_KEYS = {
-    "ppo": {"adv_estimator": "gae", "policy_loss_mode": "vanilla", "loss_agg_mode": "token-mean"},
-    "grpo": {"adv_estimator": "grpo", "policy_loss_mode": "vanilla", "loss_agg_mode": "token-mean"},
-    "gspo": {
-        "adv_estimator": "grpo",
-        "policy_loss_mode": "gspo",
-        "loss_agg_mode": "seq-mean-token-mean",
-    },
-}
 
 
 def _cfg(**overrides_: Any) -> RunConfig:

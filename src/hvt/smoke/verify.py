@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hvt.config.run_paths import RunPaths
+from hvt.run import records as run_records
 
 STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
 # what the smoke requires TensorBoard to hold (verl 0.9.1's names)
@@ -62,17 +61,6 @@ def step_lines(log: Path) -> dict[int, dict[str, str]]:
     return out
 
 
-def current_exp(paths: RunPaths) -> str | None:
-    entries = (
-        yaml.safe_load((paths.artifacts / "index.yaml").read_text())
-        if (paths.artifacts / "index.yaml").is_file()
-        else None
-    )
-    if not entries:
-        return None
-    return str(entries[-1]["exp_name"])
-
-
 def rollouts(trials: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in sorted(trials.glob("step_*/rollouts.jsonl")):
@@ -110,18 +98,15 @@ def verify(
     """The checks, the rollouts and verl's step lines of the smoke's experiment."""
     paths = RunPaths(workdir, project, "")
     checks: list[Check] = []
-    exp = current_exp(paths)
-    if exp is None:
+    ledger = run_records.ledger(paths)
+    if not ledger:
         return (
             [Check("run ledger", False, f"no run recorded in {paths.artifacts}/index.yaml")],
             [],
             {},
         )
-    entries = [
-        e
-        for e in yaml.safe_load((paths.artifacts / "index.yaml").read_text())
-        if e["exp_name"] == exp
-    ]
+    exp = str(ledger[-1]["exp_name"])
+    entries = [e for e in ledger if e["exp_name"] == exp]
     statuses = [f"{e['id']} {e['status']} (exit {e['exit_code']})" for e in entries]
     checks.append(
         Check(
