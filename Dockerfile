@@ -105,7 +105,7 @@ RUN --mount=type=cache,id=${UV_CACHE_ID},target=/root/.cache/uv \
       --index-url https://pypi.org/simple /tmp/locks/trainer.lock \
  && with-build-ca python3 /tmp/venv-normalize.py settle /opt/venv/bin/python /opt/uv/bin/uv \
       /tmp/locks/trainer.lock \
- && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+ && /opt/venv/bin/python /tmp/venv-normalize.py bytecode /opt/venv/lib/python3.12/site-packages
 
 # ---------------------------------------------------------------------------------------------
 FROM trainer-deps AS trainer
@@ -120,7 +120,8 @@ RUN --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-norma
     uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
       -e /workspace/repos/verl -e /workspace/repos/harbor \
  && python3 /tmp/venv-normalize.py strip /opt/venv/lib/python3.12/site-packages \
- && find /workspace/repos /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+ && find /workspace/repos -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/venv/bin/python /tmp/venv-normalize.py bytecode /opt/venv/lib/python3.12/site-packages
 # this repository: the only layers a change in src/ rebuilds
 COPY --chown=hvt:hvt pyproject.toml README.md /workspace/repos/harbor-verl-train/
 COPY --chown=hvt:hvt config/ /workspace/repos/harbor-verl-train/config/
@@ -130,7 +131,8 @@ RUN --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-norma
     uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
       -e /workspace/repos/harbor-verl-train \
  && python3 /tmp/venv-normalize.py strip /opt/venv/lib/python3.12/site-packages \
- && find /workspace/repos/harbor-verl-train /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+ && find /workspace/repos/harbor-verl-train -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/venv/bin/python /tmp/venv-normalize.py bytecode /opt/venv/lib/python3.12/site-packages
 COPY --chmod=0755 entrypoint/trainer.sh /entrypoint/trainer.sh
 ENV HVT_LOCK_FILE=/workspace/repos/harbor-verl-train/locks/trainer.lock \
     HVT_OVERRIDES_FILE=/workspace/repos/harbor-verl-train/locks/overrides.txt \
@@ -155,7 +157,7 @@ RUN --mount=type=cache,id=${UV_CACHE_ID},target=/root/.cache/uv \
       --index-url https://pypi.org/simple /tmp/locks/proxy.lock \
  && with-build-ca python3 /tmp/venv-normalize.py settle /opt/venv/bin/python /opt/uv/bin/uv \
       /tmp/locks/proxy.lock \
- && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+ && /opt/venv/bin/python /tmp/venv-normalize.py bytecode /opt/venv/lib/python3.12/site-packages
 
 # ---------------------------------------------------------------------------------------------
 FROM proxy-deps AS proxy
@@ -167,7 +169,8 @@ RUN --mount=type=bind,source=entrypoint/venv-normalize.py,target=/tmp/venv-norma
     uv pip install --python /opt/venv/bin/python --offline --no-deps --no-sources --no-build-isolation \
       -e /workspace/repos/harbor-verl-train \
  && python3 /tmp/venv-normalize.py strip /opt/venv/lib/python3.12/site-packages \
- && find /workspace/repos/harbor-verl-train /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+ && find /workspace/repos/harbor-verl-train -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/venv/bin/python /tmp/venv-normalize.py bytecode /opt/venv/lib/python3.12/site-packages
 COPY --chmod=0755 entrypoint/proxy.sh /entrypoint/proxy.sh
 # LiteLLM fetches its cost map from GitHub on import unless told to use the packaged copy
 ENV LITELLM_LOCAL_MODEL_COST_MAP=True \

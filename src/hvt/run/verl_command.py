@@ -79,6 +79,10 @@ CPU_OVERRIDES: dict[str, Any] = {
     # small CPU host), and verl's defaults start 8 reward workers and 8 TransferQueue units
     "reward.num_workers": 1,
     "transfer_queue.backend.SimpleStorage.num_data_storage_units": 1,
+    # one agent-loop worker: it runs all of a step's trials at once (asyncio), while
+    # harbor_runtime.num_workers still caps how many trials run together
+    "actor_rollout_ref.rollout.agent.num_workers": 1,
+    "data.dataloader_num_workers": 0,  # the tiny dataset loads in the TaskRunner itself
 }
 # ... and for presets with a critic (PPO)
 CPU_CRITIC_OVERRIDES: dict[str, Any] = {
