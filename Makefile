@@ -154,5 +154,5 @@ ansible-collections: $(PY) ## install the collections pinned in ansible/requirem
 test-ansible: $(PY) ## the Ansible roles on systemd hosts in containers (Molecule + testinfra; part of make test)
 	$(VENV)/bin/pytest tests/ansible $(PYTEST_ARGS)
 
-smoke: repos image secrets ## the main job on a CPU machine: the CPU stack runs one real rollout step, then goes down
+smoke: repos image secrets ## the main job on a CPU machine: verl's real trainer, 2 steps, a restart, a resumed step 3, then down
 	$(HVT) smoke stack

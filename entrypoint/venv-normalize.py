@@ -13,7 +13,7 @@ bytecode <dir>                Run with the venv's own python. Compile every modu
                               mtime inside). The runtime user cannot write to /opt/venv, so
                               without them every process compiled torch, ray, transformers
                               and verl again at import (about 40 s of CPU each, measured in
-                              the trainer image; 14-21 s with them). Timestamp .pyc left by
+                              the trainer image; 12-21 s with them). Timestamp .pyc left by
                               build backends are removed first, then only the modules without
                               one are compiled, so a later layer adds only its own.
 """
