@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hvt.trajectory.credentials import revoke
 from verl_patch.rollout_settings import RolloutSettings
 from verl_patch.termination import Termination, should_retry
 from verl_patch.trial_outcome import TrialReport, read_trial
@@ -189,6 +190,7 @@ async def run_attempt(
         if not runner.done():  # we were cancelled from outside: let Harbor clean up first
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
+        revoke(trial_dir)  # the trial's proxy credential ends with it
     return read_trial(trial_dir, tail_killed=killed)
 
 

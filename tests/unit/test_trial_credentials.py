@@ -14,7 +14,7 @@ from fastapi import HTTPException
 from starlette.requests import Request
 
 from hvt.proxy import auth
-from hvt.proxy import trial_credentials as creds
+from hvt.trajectory import credentials as creds
 
 KEY = "k" * 40
 MASTER = "sk-master-key-for-the-tests-only"

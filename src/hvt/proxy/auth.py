@@ -7,7 +7,7 @@ x-api-key for Anthropic clients; LiteLLM extracts it):
 
 * the master key (LITELLM_MASTER_KEY, compared in constant time): the proxy's admin, for the
   trainer and the operator, never for a sandbox;
-* a trial credential (`hvt.proxy.trial_credentials`, what a sandbox holds): good only on the
+* a trial credential (`hvt.trajectory.credentials`, what a sandbox holds): good only on the
   completion and message routes, for the models it names, with the routing header of its own
   trial, until it expires or its trial ends. Anything else is refused with 401 or 403 and a
   log line naming the trial and the reason.
@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
-from hvt.proxy import trial_credentials as creds
+from hvt.trajectory import credentials as creds
 from hvt.trajectory.paths import HEADER, ROOT_ENV, RouteRefused, trial_parts
 
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
