@@ -2,7 +2,7 @@
 under the run's concurrency limit and tail-killer. Imports Harbor lazily; no verl.
 
 Layout: `<trials_dir>/<step_dir>/<task>-<8 hex>[-r<N>]/` per attempt (Harbor's trial dir:
-result.json, agent/, verifier/, trial.log); the proxy writes agent/litellm-trajectory.jsonl
+result.json, agent/, verifier/, trial.log); the proxy writes proxy/litellm-trajectory.jsonl
 there too.
 """
 

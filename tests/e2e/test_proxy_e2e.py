@@ -303,7 +303,7 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
         assert min(per_replica) > 0, f"not balanced over both replicas: {per_replica}"
 
         def records(trial: str, n: int) -> list[dict[str, Any]] | None:
-            path = trials / "step_0001" / trial / "agent" / "litellm-trajectory.jsonl"
+            path = trials / "step_0001" / trial / "proxy" / "litellm-trajectory.jsonl"
             if not path.exists():
                 return None
             lines = path.read_text().splitlines()

@@ -8,7 +8,7 @@
 * every model name claude-code may ask for (main, small/fast, the sonnet/opus/haiku/fable
   defaults, sub-agents) is the served policy, so no call leaves for a model we do not train;
 * ANTHROPIC_CUSTOM_HEADERS carries the trial routing header, so the proxy's trajectory logger
-  appends each call to <trial>/agent/litellm-trajectory.jsonl;
+  appends each call to <trial>/proxy/litellm-trajectory.jsonl;
 * non-essential traffic (telemetry, auto-update, error reports) is off: sandboxes have no
   route to Anthropic, and the attribution header would defeat vLLM's prefix cache.
 """
