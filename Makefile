@@ -125,12 +125,13 @@ env: ## write .env from .env.example with this host's values (keeps an existing 
 	      .env.example > .env && echo "wrote .env (edit MODELS_DIR and DATASETS_DIR)"; fi
 	@. ./.env && mkdir -p "$$HVT_DATA_DIR/harbor_trials" && chown $(HVT_UID):$(HVT_UID) "$$HVT_DATA_DIR" "$$HVT_DATA_DIR/harbor_trials" 2>/dev/null || true
 
-secrets: ## create secrets/ (LiteLLM master key; empty wandb key) readable by the containers' user only
+secrets: ## create secrets/ (LiteLLM master key, proxy signing key; empty wandb key) for the containers' user only
 	@umask 077; mkdir -p secrets/docker-tls secrets/kube
 	@test -s secrets/litellm_master_key || { printf 'sk-hvt-%s' "$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > secrets/litellm_master_key; echo "created secrets/litellm_master_key"; }
+	@test -s secrets/proxy_signing_key || { head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' > secrets/proxy_signing_key; echo "created secrets/proxy_signing_key"; }
 	@test -f secrets/wandb_api_key || { : > secrets/wandb_api_key; echo "created an empty secrets/wandb_api_key (put your key there for wandb online)"; }
 	@chown -R $(HVT_UID):$(HVT_UID) secrets 2>/dev/null || true
-	@chmod 0400 secrets/litellm_master_key secrets/wandb_api_key
+	@chmod 0400 secrets/litellm_master_key secrets/proxy_signing_key secrets/wandb_api_key
 
 up: env secrets ## docker compose up -d (the GPU stack), then follow the trainer's log
 	docker compose up -d

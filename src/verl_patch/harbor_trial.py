@@ -2,7 +2,7 @@
 under the run's concurrency limit and tail-killer. Imports Harbor lazily; no verl.
 
 Layout: `<trials_dir>/<step_dir>/<task>-<8 hex>[-r<N>]/` per attempt (Harbor's trial dir:
-result.json, agent/, verifier/, trial.log); the proxy writes agent/litellm-trajectory.jsonl
+result.json, agent/, verifier/, trial.log); the proxy writes proxy/litellm-trajectory.jsonl
 there too.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hvt.trajectory.credentials import revoke
 from verl_patch.rollout_settings import RolloutSettings
 from verl_patch.termination import Termination, should_retry
 from verl_patch.trial_outcome import TrialReport, read_trial
@@ -189,6 +190,7 @@ async def run_attempt(
         if not runner.done():  # we were cancelled from outside: let Harbor clean up first
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
+        revoke(trial_dir)  # the trial's proxy credential ends with it
     return read_trial(trial_dir, tail_killed=killed)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hvt.trajectory.paths import RECORD_DIR
 from verl_patch.harbor_trial import RolloutResult
 from verl_patch.termination import Termination, classify
 from verl_patch.trajectory_tokens import Render, TokenSequence, TrajectoryStats, fit, from_trial_dir
@@ -64,7 +65,7 @@ def build_sample(
     stats = TrajectoryStats()
     seq = None
     if final.termination not in NO_TOKENS:
-        seq = from_trial_dir(final.trial_dir / "agent", render, stats)
+        seq = from_trial_dir(final.trial_dir / RECORD_DIR, render, stats)
     trainable = seq is not None and any(seq.response_mask)
     if seq is None or not seq.response_ids:
         seq = _placeholder(render, messages, eos_id, max_prompt)

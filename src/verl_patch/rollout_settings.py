@@ -26,6 +26,7 @@ REMOTE_DOCKER_MODULE = "harbor_patch.environments.remote_docker"
 KUBERNETES_MODULE = "harbor_patch.environments.kubernetes"
 STOCK_DOCKER = "harbor.environments.docker.docker:DockerEnvironment"
 OWN_AGENT_MODULE = "harbor_patch.agents.image_mounted_claude_code"
+CREDENTIAL_MARGIN_SEC = 1800.0
 
 
 def base_image_overlay(base: str, directory: Path) -> tuple[Path, ...]:
@@ -113,7 +114,14 @@ class RolloutSettings:
         image = h.runtime_image or None  # "" = no runtime mounted (agents that need none)
         agent_kwargs: dict[str, Any] = {"max_turns": h.max_iterations}
         if h.agent_import_path.startswith(OWN_AGENT_MODULE + ":"):
-            agent_kwargs |= {"runtime_root": h.runtime_mount_path, "temperature": h.temperature}
+            agent_kwargs |= {
+                "runtime_root": h.runtime_mount_path,
+                "temperature": h.temperature,
+                # the trial's proxy credential outlives its agent limit by a margin for setup
+                # and the verifier; it is revoked when the trial ends in any case
+                "credential_ttl_sec": float(h.max_timeout_sec) * h.agent_timeout_multiplier
+                + CREDENTIAL_MARGIN_SEC,
+            }
             if proxy_url:
                 agent_kwargs["proxy_url"] = proxy_url
         module = h.environment_import_path.split(":", 1)[0]

@@ -1,7 +1,7 @@
 """A trial's proxied LLM calls -> one token sequence for training (prompt, response, mask,
 logprobs), from the exact token ids the policy produced.
 
-Input: `agent/litellm-trajectory.jsonl`, one record per call (hvt.trajectory.record): the
+Input: `proxy/litellm-trajectory.jsonl`, one record per call (hvt.trajectory.record): the
 prompt token ids vLLM rendered (`tokens.prompt_token_ids`), the sampled ids
 (`tokens.choices[0].token_ids`) and their logprobs.
 
@@ -336,14 +336,14 @@ def fit(seq: TokenSequence, max_prompt: int, max_response: int) -> TokenSequence
 
 
 def from_trial_dir(
-    agent_dir: Path,
+    record_dir: Path,
     render: Render | None = None,
     stats: TrajectoryStats | None = None,
 ) -> TokenSequence | None:
-    """Exact tokens from `agent_dir/litellm-trajectory.jsonl`, else the template fallback (when
+    """Exact tokens from `record_dir/litellm-trajectory.jsonl`, else the template fallback (when
     `render` is given), else None (no usable call)."""
     stats = stats if stats is not None else TrajectoryStats()
-    records = read_records(agent_dir / TRAJECTORY_FILE, stats)
+    records = read_records(record_dir / TRAJECTORY_FILE, stats)
     exact = assemble_exact(calls_from_records(records, stats))
     if exact is not None:
         return exact

@@ -3,7 +3,7 @@
 A trial directory holds `result.json` (TrialResult: exception, phase timings, verifier
 result), `verifier/reward.{json,txt}`, `agent/claude-code.txt` (claude-code's stream-json
 transcript, whose last `result` event says why it stopped) and
-`agent/litellm-trajectory.jsonl` (the proxy's record of every model call).
+`proxy/litellm-trajectory.jsonl` (the proxy's record of every model call).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hvt.trajectory.paths import RECORD_DIR
 from verl_patch import rewards
 from verl_patch.termination import Termination, TrialFacts, classify
 from verl_patch.trajectory_tokens import (
@@ -126,7 +127,7 @@ def read_trial(trial_dir: Path, tail_killed: bool = False) -> TrialReport:
     }
     agent_execution = (result or {}).get("agent_execution")
     stats = TrajectoryStats()
-    calls_from_records(read_records(trial_dir / "agent" / TRAJECTORY_FILE, stats), stats)
+    calls_from_records(read_records(trial_dir / RECORD_DIR / TRAJECTORY_FILE, stats), stats)
     return TrialReport(
         trial_dir=trial_dir,
         result=result,

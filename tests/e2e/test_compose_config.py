@@ -56,7 +56,11 @@ def test_gpu_stack() -> None:
     assert trainer["ipc"] == "host"
     assert trainer["ulimits"]["memlock"] == -1
     assert trainer["command"][0] == "launch"
-    assert {s["source"] for s in trainer["secrets"]} == {"litellm_master_key", "wandb_api_key"}
+    assert {s["source"] for s in trainer["secrets"]} == {
+        "litellm_master_key",
+        "proxy_signing_key",
+        "wandb_api_key",
+    }
     # the run directory at the same absolute path, so sandboxes can bind-mount trial dirs
     assert any(v["source"] == v["target"] == "/srv/hvt/data" for v in trainer["volumes"])
     ray = trainer["ports"][0]
@@ -65,7 +69,7 @@ def test_gpu_stack() -> None:
     assert litellm["ports"][0]["published"] == "8002"
     assert litellm["depends_on"]["trainer"]["condition"] == "service_started"
     assert "/health/liveliness" in " ".join(litellm["healthcheck"]["test"])
-    assert {s["source"] for s in litellm["secrets"]} == {"litellm_master_key"}
+    assert {s["source"] for s in litellm["secrets"]} == {"litellm_master_key", "proxy_signing_key"}
 
 
 def test_no_secret_values_in_compose() -> None:

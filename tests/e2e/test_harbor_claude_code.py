@@ -20,6 +20,7 @@ import docker
 import pytest
 import yaml
 
+from hvt.trajectory import credentials as trial_credentials
 from tests.helpers.prerequisites import require_images
 from tests.helpers.timing import scaled
 from verl_patch import harbor_trial
@@ -34,6 +35,7 @@ SIDECAR_IMAGE = "local/python:3.12-bookworm"
 AGENT = "harbor_patch.agents.image_mounted_claude_code:ClaudeCode"
 REMOTE = "harbor_patch.environments.remote_docker:RemoteDockerEnvironment"
 MASTER_KEY = "sk-hvt-e2e-" + uuid.uuid4().hex
+SIGNING_KEY = "signing-" + uuid.uuid4().hex
 SERVED = "policy-under-test"
 
 FAKE_ANTHROPIC = r'''
@@ -214,10 +216,14 @@ def _settings(tmp_path: Path, sidecar: Path, max_turns: int, **overrides: Any) -
 
 @pytest.fixture
 def proxy_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    key_file = tmp_path / "litellm_master_key"
+    key_file = tmp_path / "litellm_master_key"  # the trainer holds it; no sandbox may
     key_file.write_text(MASTER_KEY + "\n")
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     monkeypatch.setenv("LITELLM_MASTER_KEY_FILE", str(key_file))
+    signing = tmp_path / "proxy_signing_key"
+    signing.write_text(SIGNING_KEY + "\n")
+    monkeypatch.delenv(trial_credentials.SIGNING_KEY_ENV, raising=False)
+    monkeypatch.setenv(trial_credentials.SIGNING_KEY_FILE_ENV, str(signing))
     monkeypatch.setenv("HVT_TRIALS_ROOT", str(tmp_path / "trials"))
     monkeypatch.delenv("HVT_PROXY_URL", raising=False)
     return tmp_path / "trials"
@@ -261,13 +267,17 @@ def test_claude_code_from_the_mounted_runtime(
     for r in messages:
         headers = {k.lower(): v for k, v in r["headers"].items()}
         assert r["body"]["model"] == SERVED
-        assert headers["x-api-key"] == MASTER_KEY
+        assert MASTER_KEY not in json.dumps(r)  # the master key never left the trainer
+        claims = trial_credentials.verify(SIGNING_KEY.encode(), headers["x-api-key"])
+        assert claims.route == headers["x-harbor-trial-dir"] and claims.models == (SERVED,)
         assert headers["x-harbor-temperature"] == "0.7"
         routes.add(headers["x-harbor-trial-dir"])
     expected = {
         str(result.final.trial_dir.relative_to(proxy_env)) for result in (done, cut) if result.final
     }
     assert routes == expected  # relative to HVT_TRIALS_ROOT: proj/exp/step_0004/<trial>
+    for result in (done, cut):  # over: their credentials are refused from now on
+        assert result.final is not None and trial_credentials.is_revoked(result.final.trial_dir)
 
 
 def test_missing_runtime_fails_setup_with_a_clear_message(

@@ -50,6 +50,7 @@ def test_remote_docker_backend(tmp_path: Path) -> None:
         "max_turns": 42,
         "runtime_root": "/opt/custom-agent-runtime/claude-code",
         "temperature": 0.8,
+        "credential_ttl_sec": 2400.0 + 1800.0,  # max_timeout_sec x 1.0, plus the margin
         "proxy_url": "http://10.0.0.2:8002",
     }
     assert s.uses_own_agent and not s.uses_stock_docker and s.overlay_runtime is None

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from hvt.run import ray_auth
+from hvt.trajectory import credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -41,6 +42,7 @@ proxy_venv = prerequisites.proxy_venv
 
 VENV_BIN = Path(sys.executable).parent
 MASTER_KEY = "sk-hvt-e2e-" + os.urandom(8).hex()
+SIGNING_KEY = "signing-e2e-" + os.urandom(16).hex()
 LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # node IP 127.0.0.1, not the LAN IP
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(scaled(600))]
@@ -200,16 +202,23 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
     shared = tmp_path / "shared" / "litellm"
     config = shared / "config.yaml"
     trials = tmp_path / "trials"
-    for trial in ("t-chat", "t-msgs", "t-stream"):
+    for trial in ("t-chat", "t-msgs", "t-stream", "t-cred", "t-other"):
         (trials / "step_0001" / trial).mkdir(parents=True)
     key_file = tmp_path / "master_key"
     key_file.write_text(MASTER_KEY + "\n")
     key_file.chmod(0o600)
+    signing_file = tmp_path / "proxy_signing_key"
+    signing_file.write_text(SIGNING_KEY + "\n")
+    signing_file.chmod(0o600)
 
     # The proxy starts first (as in compose) and waits for the config.
     proxy_log = (tmp_path / "proxy.log").open("w")
     port = free_port()
-    proxy_env = {**os.environ, "LITELLM_MASTER_KEY_FILE": str(key_file)}
+    proxy_env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY_FILE": str(key_file),
+        credentials.SIGNING_KEY_FILE_ENV: str(signing_file),
+    }
     proxy_env.pop("LITELLM_MASTER_KEY", None)
     proxy = subprocess.Popen(
         [
@@ -303,7 +312,7 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
         assert min(per_replica) > 0, f"not balanced over both replicas: {per_replica}"
 
         def records(trial: str, n: int) -> list[dict[str, Any]] | None:
-            path = trials / "step_0001" / trial / "agent" / "litellm-trajectory.jsonl"
+            path = trials / "step_0001" / trial / "proxy" / "litellm-trajectory.jsonl"
             if not path.exists():
                 return None
             lines = path.read_text().splitlines()
@@ -335,6 +344,38 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
             lambda: "trajectory record refused" in (tmp_path / "proxy.log").read_text(), 30,
             "the refused route is logged",
         )  # fmt: skip
+
+        # 5b. A trial's own credential, what a sandbox holds: its calls pass and are recorded
+        # in its trajectory; everything else is refused and logged (401/403).
+        token = credentials.mint(SIGNING_KEY.encode(), "step_0001/t-cred", ("vllm_model",), 600)
+        mine = {"Authorization": f"Bearer {token}", "x-harbor-trial-dir": "step_0001/t-cred"}
+        status, body = http("POST", f"{base}/v1/chat/completions", chat, mine)
+        assert status == 200, body
+        status, body = http(
+            "POST", f"{base}/v1/messages", {**msgs, "model": "vllm_model"},
+            {"x-api-key": token, "anthropic-version": "2023-06-01",
+             "x-harbor-trial-dir": "step_0001/t-cred"},
+        )  # fmt: skip
+        assert status == 200, body
+        wait_until(lambda: records("t-cred", 2), 30, "the credential's calls are recorded")
+        other = {**mine, "x-harbor-trial-dir": "step_0001/t-other"}
+        assert http("POST", f"{base}/v1/chat/completions", chat, other)[0] == 403
+        assert (
+            http("POST", f"{base}/v1/chat/completions", {**chat, "model": "gpt-4o"}, mine)[0] == 403
+        )
+        for path, payload in (("/key/generate", {}), ("/model/new", {}), ("/config/update", {})):
+            assert http("POST", f"{base}{path}", payload, mine)[0] == 403, path
+        for path in ("/model/info", "/v1/models", "/get/config/callbacks"):
+            assert http("GET", f"{base}{path}", None, mine)[0] == 403, path
+        credentials.revoke(trials / "step_0001" / "t-cred")
+        assert http("POST", f"{base}/v1/chat/completions", chat, mine)[0] == 401
+        expired = credentials.mint(SIGNING_KEY.encode(), "step_0001/t-other", ("vllm_model",), 1,
+                                   now=time.time() - 60)  # fmt: skip
+        assert http("POST", f"{base}/v1/chat/completions", chat,
+                    {**other, "Authorization": f"Bearer {expired}"})[0] == 401  # fmt: skip
+        assert records("t-other", 1) is None  # nothing refused reached the trajectory
+        log_text = (tmp_path / "proxy.log").read_text()
+        assert "trial credential refused: its trial has ended (trial step_0001/t-cred" in log_text
 
         # 6. A third replica appears: --watch rewrites the file, the proxy restarts LiteLLM.
         extra = Replicas(ray_cluster, 1, start=2)

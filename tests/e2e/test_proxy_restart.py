@@ -108,7 +108,7 @@ def test_restart_during_a_run_loses_no_record(proxy_venv: Path, tmp_path: Path) 
         kill_group(proc)
     assert len(answered) == CLIENTS * CALLS_PER_CLIENT, "every call was answered in the end"
     assert retried[0] > 0, "the restart happened while calls were in flight"
-    lines = (trial / "agent" / "litellm-trajectory.jsonl").read_text().splitlines()
+    lines = (trial / "proxy" / "litellm-trajectory.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line whole
     logged = {m for r in records for m in answered if m in json.dumps(r)}
     missing = sorted(set(answered) - logged)

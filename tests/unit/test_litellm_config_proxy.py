@@ -137,3 +137,21 @@ def test_supervisor_passes_the_key_only_through_the_environment(tmp_path: Path) 
     assert KEY not in " ".join(cmd)
     assert cmd[cmd.index("--port") + 1] == "18999"
     assert cmd[cmd.index("--num_workers") + 1] == "2"
+
+
+def test_supervisor_passes_the_signing_secret_or_says_sandboxes_will_be_refused(
+    tmp_path: Path,
+) -> None:
+    signing = tmp_path / "proxy_signing_key"
+    signing.write_text("s" * 48 + "\n")
+    options = ProxyOptions(config=tmp_path / "c.yaml", trials_root=tmp_path)
+    env = {"LITELLM_MASTER_KEY": KEY, "HVT_PROXY_SIGNING_KEY_FILE": str(signing)}
+    sup = Supervisor(options, env=env)
+    assert sup.env["HVT_PROXY_SIGNING_KEY"] == "s" * 48
+    assert "HVT_PROXY_SIGNING_KEY_FILE" not in sup.env
+    said: list[str] = []
+    Supervisor(options, env={"LITELLM_MASTER_KEY": KEY}, say=said.append)
+    assert any("every sandbox's call will be refused" in line for line in said), said
+    signing.write_text("short")
+    with pytest.raises(ProxyError, match="at least 32"):
+        Supervisor(options, env=env)

@@ -174,7 +174,7 @@ def test_context_overflow_from_a_failed_proxied_call(tmp_path: Path) -> None:
         tmp_path,
         {"agent_execution": _timing("00", "01")},
         {
-            "agent/litellm-trajectory.jsonl": "\n".join(json.dumps(r) for r in records) + "\n",
+            "proxy/litellm-trajectory.jsonl": "\n".join(json.dumps(r) for r in records) + "\n",
             "verifier/reward.txt": "0",
         },
     )

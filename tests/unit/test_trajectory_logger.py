@@ -18,14 +18,14 @@ from hvt.trajectory import record as trajectory_record
 from hvt.trajectory.paths import RouteRefused
 from hvt.trajectory.writer import TrajectoryWriter, append_line, encode_line
 
-FILE = Path("agent") / "litellm-trajectory.jsonl"
+FILE = Path("proxy") / "litellm-trajectory.jsonl"
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     r = tmp_path / "trials"
     (r / "step_0001" / "trial-a").mkdir(parents=True)
-    (r / "step_0001" / "trial-b" / "agent").mkdir(parents=True)
+    (r / "step_0001" / "trial-b" / "proxy").mkdir(parents=True)
     return r
 
 
@@ -42,7 +42,9 @@ def write_one(root: Path, header: str, record: dict[str, Any] | None = None) -> 
 # --- routes ---------------------------------------------------------------------------------
 
 
-def test_relative_and_absolute_routes_land_in_the_trial_agent_dir(root: Path) -> None:
+def test_relative_and_absolute_routes_land_in_the_trial_proxy_dir(root: Path) -> None:
+    """proxy/, never agent/: Harbor shares agent/ with the sandbox, whose code must not be able
+    to write or replace its own trajectory."""
     p1 = write_one(root, "step_0001/trial-a")
     p2 = write_one(root, str(root / "step_0001" / "trial-a"))
     p3 = write_one(root, "./step_0001/trial-b/")
@@ -107,13 +109,13 @@ def test_symlinked_step_dir_is_refused(tmp_path: Path, root: Path) -> None:
     (root / "step_0009").symlink_to(outside)
     with pytest.raises(RouteRefused, match="symlink"):
         write_one(root, "step_0009/t")
-    assert not (outside / "t" / "agent").exists()
+    assert not (outside / "t" / "proxy").exists()
 
 
-def test_symlinked_agent_dir_and_file_are_refused(tmp_path: Path, root: Path) -> None:
+def test_symlinked_record_dir_and_file_are_refused(tmp_path: Path, root: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    (root / "step_0001" / "trial-a" / "agent").symlink_to(outside)
+    (root / "step_0001" / "trial-a" / "proxy").symlink_to(outside)
     with pytest.raises(RouteRefused, match="symlink"):
         write_one(root, "step_0001/trial-a")
     target = tmp_path / "victim.txt"

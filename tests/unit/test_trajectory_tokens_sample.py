@@ -41,6 +41,7 @@ def trial(
 ) -> RolloutResult:
     d = tmp_path / "step_0001" / "task-0a1b2c3d"
     (d / "agent").mkdir(parents=True)
+    (d / "proxy").mkdir()
     result = {
         "exception_info": {"exception_type": exception, "exception_message": "x"}
         if exception
@@ -54,7 +55,7 @@ def trial(
         (d / "verifier").mkdir()
         (d / "verifier" / "reward.txt").write_text(reward)
     if records:
-        (d / "agent" / "litellm-trajectory.jsonl").write_text(
+        (d / "proxy" / "litellm-trajectory.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in records)
         )
     out = RolloutResult("task-0a1b2c3d", tail_killed=tail_killed, wall_sec=15.0, queued_sec=1.0)

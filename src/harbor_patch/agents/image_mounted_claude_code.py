@@ -7,12 +7,13 @@
   KubernetesEnvironment mount it, and set CUSTOM_AGENT_RUNTIME_ROOT). If it is missing the
   trial fails at agent setup with a message saying so, unless `allow_network_install=True`
   lets Harbor's own installer (which needs internet in the sandbox) run instead;
-* the proxy environment of `proxy_env.agent_env`: base URL, master key, every model name, the
-  trial routing header, quiet mode;
+* the proxy environment of `proxy_env.agent_env`: base URL, this trial's own credential (never
+  the master key), every model name, the trial routing header, quiet mode;
 * `max_turns` (claude-code --max-turns) from runtime_info.input.harbor_agent.max_iterations.
 
 Agent kwargs (TrialConfig.agent.kwargs): max_turns, runtime_root, proxy_url (else
-HVT_PROXY_URL), temperature (sent as x-harbor-temperature for the proxy), master_key_env,
+HVT_PROXY_URL), temperature (sent as x-harbor-temperature for the proxy), credential_ttl_sec
+(how long the trial's credential lives at most; it is revoked when the trial ends anyway),
 allow_network_install. The model name is the served policy name (model.served_model_name).
 """
 
@@ -29,6 +30,7 @@ from harbor_patch.agents import proxy_env
 from harbor_patch.environments.agent_runtime import DEFAULT_MOUNT_PATH
 
 HOME_PATH_EXPORT = 'export PATH="$HOME/.local/bin:$PATH"; '
+DEFAULT_CREDENTIAL_TTL_SEC = 4 * 3600.0
 
 
 class RuntimeNotMountedError(RuntimeError):
@@ -45,7 +47,7 @@ class ClaudeCode(HarborClaudeCode):  # type: ignore[misc]
         runtime_root: str = DEFAULT_MOUNT_PATH,
         proxy_url: str | None = None,
         temperature: float | None = None,
-        master_key_env: str = proxy_env.MASTER_KEY_ENV,
+        credential_ttl_sec: float = DEFAULT_CREDENTIAL_TTL_SEC,
         allow_network_install: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -54,7 +56,7 @@ class ClaudeCode(HarborClaudeCode):  # type: ignore[misc]
         self.runtime_root = runtime_root.rstrip("/")
         self._proxy_url = proxy_url
         self._temperature = temperature
-        self._master_key_env = master_key_env
+        self._credential_ttl_sec = credential_ttl_sec
         self._allow_network_install = allow_network_install
         self.using_mounted_runtime = False
         super().__init__(logs_dir, *args, **kwargs)
@@ -130,11 +132,12 @@ class ClaudeCode(HarborClaudeCode):  # type: ignore[misc]
                 "no model name for claude-code: set model.served_model_name "
                 "(the agent's model_name)"
             )
+        route = proxy_env.trial_route(self.logs_dir.parent)
         return proxy_env.agent_env(
             base_url=proxy_env.proxy_url(self._proxy_url),
-            api_key=proxy_env.master_key(key_env=self._master_key_env),
+            api_key=proxy_env.trial_credential(route, model, self._credential_ttl_sec),
             model=model,
-            route=proxy_env.trial_route(self.logs_dir.parent),
+            route=route,
             temperature=self._temperature,
         )
 

@@ -1,12 +1,14 @@
 """The environment claude-code gets inside a sandbox: everything points at the LiteLLM proxy.
 
-* ANTHROPIC_BASE_URL is the proxy (as the sandbox reaches it), ANTHROPIC_API_KEY the proxy's
-  master key, read from the trainer's environment (LITELLM_MASTER_KEY, or the file named by
-  LITELLM_MASTER_KEY_FILE, the compose secret); it is never written into a config file;
+* ANTHROPIC_BASE_URL is the proxy (as the sandbox reaches it), ANTHROPIC_API_KEY a credential
+  of this trial only (`hvt.trajectory.credentials`): signed here with the proxy signing secret
+  (HVT_PROXY_SIGNING_KEY_FILE, the compose secret), bound to the trial's route and the policy's
+  model, expiring after the trial's time limit, revoked when the trial ends. The proxy's master
+  key never enters a sandbox;
 * every model name claude-code may ask for (main, small/fast, the sonnet/opus/haiku/fable
   defaults, sub-agents) is the served policy, so no call leaves for a model we do not train;
 * ANTHROPIC_CUSTOM_HEADERS carries the trial routing header, so the proxy's trajectory logger
-  appends each call to <trial>/agent/litellm-trajectory.jsonl;
+  appends each call to <trial>/proxy/litellm-trajectory.jsonl;
 * non-essential traffic (telemetry, auto-update, error reports) is off: sandboxes have no
   route to Anthropic, and the attribution header would defeat vLLM's prefix cache.
 """
@@ -17,9 +19,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from hvt.proxy.master_key import MASTER_KEY_ENV as MASTER_KEY_ENV
-from hvt.proxy.master_key import MasterKeyError
-from hvt.proxy.master_key import resolve as resolve_master_key
+from hvt.trajectory import credentials as trial_credentials
 from hvt.trajectory.paths import HEADER as TRIAL_HEADER
 from hvt.trajectory.paths import ROOT_ENV as TRIALS_ROOT_ENV
 
@@ -47,13 +47,17 @@ class ProxySettingsError(RuntimeError):
     """The agent cannot be pointed at the proxy; the message says what to set."""
 
 
-def master_key(environ: Mapping[str, str] | None = None, key_env: str = MASTER_KEY_ENV) -> str:
+def trial_credential(
+    route: str, model: str, ttl_sec: float, environ: Mapping[str, str] | None = None
+) -> str:
+    """A credential good for this trial's calls to the policy, and nothing else."""
     try:
-        return resolve_master_key(os.environ if environ is None else environ, key_env)
-    except MasterKeyError as exc:
+        key = trial_credentials.signing_key(os.environ if environ is None else environ)
+    except trial_credentials.SigningKeyError as exc:
         raise ProxySettingsError(
-            f"the trainer cannot hand claude-code the proxy key: {exc}"
+            f"the trainer cannot give claude-code a credential: {exc}"
         ) from None
+    return trial_credentials.mint(key, route, (model,), ttl_sec)
 
 
 def proxy_url(explicit: str | None, environ: Mapping[str, str] | None = None) -> str:

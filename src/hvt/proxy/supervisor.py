@@ -34,6 +34,7 @@ import yaml
 
 from hvt.proxy import master_key
 from hvt.proxy.master_key import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV
+from hvt.trajectory import credentials
 from hvt.trajectory import paths as trajectory_paths
 
 STOP_GRACE_S = 10.0
@@ -42,6 +43,17 @@ MAX_CRASHES = 5
 
 class ProxyError(RuntimeError):
     """The proxy cannot start; the message names the culprit and the fix."""
+
+
+def signing_key_or_none(env: Mapping[str, str]) -> str | None:
+    """The trial-credential secret; None when none is configured, an error when one is
+    configured but unusable (unreadable file, too short)."""
+    if not (env.get(credentials.SIGNING_KEY_ENV) or env.get(credentials.SIGNING_KEY_FILE_ENV)):
+        return None
+    try:
+        return credentials.signing_key(env).decode()
+    except credentials.SigningKeyError as exc:
+        raise ProxyError(str(exc)) from None
 
 
 def resolve_master_key(env: Mapping[str, str]) -> str:
@@ -178,6 +190,16 @@ class Supervisor:
         if (options.ssl_certfile is None) != (options.ssl_keyfile is None):
             raise ProxyError("give both --ssl-certfile and --ssl-keyfile, or neither")
         base.pop(MASTER_KEY_FILE_ENV, None)
+        signing = signing_key_or_none(base)
+        base.pop(credentials.SIGNING_KEY_FILE_ENV, None)
+        if signing is None:
+            say(
+                "hvt proxy: no signing secret for trial credentials "
+                f"({credentials.SIGNING_KEY_FILE_ENV}): only the master key is admitted, every "
+                "sandbox's call will be refused (make secrets creates secrets/proxy_signing_key)"
+            )
+        else:
+            base[credentials.SIGNING_KEY_ENV] = signing
         base.update(
             {
                 MASTER_KEY_ENV: key,

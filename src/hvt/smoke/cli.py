@@ -193,10 +193,11 @@ def stack(
         raise typer.Exit(2)
     if images.source == "public":
         pull_missing(client, [images.python])
-    key = root / "secrets" / "litellm_master_key"
-    if not key.is_file():
-        typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
-        raise typer.Exit(2)
+    for secret in ("litellm_master_key", "proxy_signing_key"):
+        key = root / "secrets" / secret
+        if not key.is_file():
+            typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
+            raise typer.Exit(2)
     # a fresh run directory per smoke: no ledger, current_exp or checkpoint of an earlier one
     data = data_dir.resolve() / time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
     for sub in (data, data / "harbor_trials"):  # the proxy checks the trials root is mounted

@@ -2,7 +2,10 @@
 
 The agent sends `x-harbor-trial-dir: <step>/<trial>` (relative to the trials root) or an
 absolute path under the root. The record goes to
-`<root>/<step>/<trial>/agent/litellm-trajectory.jsonl`. Refused: empty or NUL-bearing values,
+`<root>/<step>/<trial>/proxy/litellm-trajectory.jsonl`: `proxy/`, not `agent/`, which Harbor
+shares with the sandbox (bind-mounted on the local engine, copied back from a remote one), so
+the code in a sandbox cannot write or replace its own trajectory. Refused: empty or NUL-bearing
+values,
 any `..` component, absolute paths outside the root, a trial directory that does not exist, and
 a symlink anywhere below the root (each directory is opened with O_NOFOLLOW relative to its
 parent's descriptor, so a symlink swapped in after the check cannot redirect the write either).
@@ -17,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 HEADER = "x-harbor-trial-dir"
 ROOT_ENV = "HVT_TRIALS_ROOT"
-AGENT_DIR = "agent"
+RECORD_DIR = "proxy"  # in the trial dir; never shared with the sandbox
 FILE_NAME = "litellm-trajectory.jsonl"
 MAX_HEADER_LEN = 4096
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -74,18 +77,18 @@ def open_for_append(root: Path, parts: tuple[str, ...]) -> int:
         for part in parts:
             fds.append(_open_dir(fds[-1], part, root, parts))
         try:
-            agent = os.open(AGENT_DIR, _DIR_FLAGS, dir_fd=fds[-1])
+            agent = os.open(RECORD_DIR, _DIR_FLAGS, dir_fd=fds[-1])
         except FileNotFoundError:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(AGENT_DIR, 0o755, dir_fd=fds[-1])
-            agent = _open_dir(fds[-1], AGENT_DIR, root, parts)
+                os.mkdir(RECORD_DIR, 0o755, dir_fd=fds[-1])
+            agent = _open_dir(fds[-1], RECORD_DIR, root, parts)
         except OSError as exc:
-            raise _refusal(exc, AGENT_DIR, root, parts) from None
+            raise _refusal(exc, RECORD_DIR, root, parts) from None
         fds.append(agent)
         try:
             return os.open(FILE_NAME, _FILE_FLAGS, 0o644, dir_fd=agent)
         except OSError as exc:
-            raise _refusal(exc, f"{AGENT_DIR}/{FILE_NAME}", root, parts) from None
+            raise _refusal(exc, f"{RECORD_DIR}/{FILE_NAME}", root, parts) from None
     finally:
         for fd in fds:
             os.close(fd)
