@@ -195,7 +195,7 @@ def _fleet(cfg: RunConfig, path: str) -> list[Problem]:
         )
     seen: set[str] = set()
     for n, host in enumerate(hosts):
-        entry = f"{key}[{n}].docker_host"
+        entry = f"{key}.{n}.docker_host"
         if host.docker_host in seen:
             out.append(Problem(entry, f"{host.docker_host!r} is listed twice", "list it once"))
         seen.add(host.docker_host)
