@@ -98,13 +98,13 @@ class TrialCoordinator:
 
     async def reassign(self, group: str, trial_id: str, setup_failed: bool) -> str | None:
         """The trial's attempt ended and it will be retried (it keeps its slot): it leaves its
-        host (setup_failed counts against that host) and waits for a host, another one when
-        one is healthy. None: it was stopped while waiting."""
+        host (a failed setup counts against that host) and waits for a host, another one when
+        one is healthy (the host may have died under it). None: stopped while waiting."""
         progress = self._group(group)
         cond = self._condition()
         async with cond:
             left = self.fleet.free(trial_id, setup_failed)
-            if left is not None and setup_failed:
+            if left is not None:
                 self.tried.setdefault(trial_id, set()).add(left)
             cond.notify_all()
             while True:
