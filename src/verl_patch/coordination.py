@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from verl_patch.rollout_settings import RolloutSettings
+from verl_patch.sandbox_fleet import Fleet, FleetHost
 from verl_patch.trial_coordinator import TrialCoordinator
 
 NAMESPACE = "hvt"
@@ -29,11 +30,18 @@ class RayCoordination:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def acquire(self, group: str, trial_id: str) -> bool:
-        return bool(await self.handle.acquire.remote(group, trial_id))
+    async def acquire(self, group: str, trial_id: str) -> str | None:
+        host = await self.handle.acquire.remote(group, trial_id)
+        return None if host is None else str(host)
 
-    async def release(self, group: str, trial_id: str, finished: bool = True) -> None:
-        await self.handle.release.remote(group, trial_id, finished)
+    async def reassign(self, group: str, trial_id: str, setup_failed: bool) -> str | None:
+        host = await self.handle.reassign.remote(group, trial_id, setup_failed)
+        return None if host is None else str(host)
+
+    async def release(
+        self, group: str, trial_id: str, finished: bool = True, setup_failed: bool | None = None
+    ) -> None:
+        await self.handle.release.remote(group, trial_id, finished, setup_failed)
 
     async def should_stop(self, group: str, trial_id: str) -> bool:
         return bool(await self.handle.should_stop.remote(group, trial_id))
@@ -62,6 +70,37 @@ def ray_coordination(settings: RolloutSettings) -> RayCoordination:
                 max_concurrency=MAX_CONCURRENCY,
                 num_cpus=0,
             )
-            handle = actor.remote(settings.max_concurrent, settings.tail_kill)
+            fleet = (
+                Fleet(list(settings.fleet), settings.host_failure_threshold)
+                if settings.fleet
+                else None
+            )
+            handle = actor.remote(
+                settings.max_concurrent, settings.tail_kill, fleet=fleet, probe=ping_daemon
+            )
             _handles[name] = RayCoordination(handle)
         return _handles[name]
+
+
+PING_TIMEOUT_SEC = 10
+
+
+async def ping_daemon(host: FleetHost) -> str | None:
+    """A fleet host's health check: the daemon answers a ping within PING_TIMEOUT_SEC."""
+    import asyncio
+
+    from harbor_patch.environments.docker_daemon import DockerDaemon
+
+    def ping() -> None:
+        daemon = DockerDaemon.resolve(host.docker_host, host.docker_cert_path)
+        client = daemon.client(timeout=PING_TIMEOUT_SEC)
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(ping), PING_TIMEOUT_SEC + 5)
+    except Exception as exc:  # any failure is the host's: refused, TLS, timeout, bad config
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from hvt.trajectory.credentials import revoke
 from verl_patch.rollout_settings import RolloutSettings
 from verl_patch.termination import Termination, should_retry
+from verl_patch.trial_coordinator import DEFAULT_HOST
 from verl_patch.trial_outcome import TrialReport, read_trial
 
 # Harbor imports LiteLLM, which otherwise fetches its model cost map from GitHub (unreachable
@@ -34,8 +35,13 @@ log = logging.getLogger(__name__)
 
 
 class Coordination(Protocol):
-    async def acquire(self, group: str, trial_id: str) -> bool: ...
-    async def release(self, group: str, trial_id: str, finished: bool = True) -> None: ...
+    """verl_patch.trial_coordinator.TrialCoordinator, in-process or behind a Ray actor."""
+
+    async def acquire(self, group: str, trial_id: str) -> str | None: ...
+    async def reassign(self, group: str, trial_id: str, setup_failed: bool) -> str | None: ...
+    async def release(
+        self, group: str, trial_id: str, finished: bool = True, setup_failed: bool | None = None
+    ) -> None: ...
     async def should_stop(self, group: str, trial_id: str) -> bool: ...
 
 
@@ -46,6 +52,7 @@ class RolloutResult:
     tail_killed: bool = False
     wall_sec: float = 0.0
     queued_sec: float = 0.0
+    hosts: list[str] = field(default_factory=list)  # the sandbox host of each attempt
 
     @property
     def final(self) -> TrialReport | None:
@@ -214,12 +221,13 @@ async def run_rollout(
     result = RolloutResult(rollout_id)
     started = time.monotonic()
     trials_dir = settings.trials_dir / step_dir
-    acquired = True
+    host: str | None = DEFAULT_HOST
     if coordination is not None:
-        acquired = await coordination.acquire(group, rollout_id)
+        host = await coordination.acquire(group, rollout_id)
     result.queued_sec = time.monotonic() - started
+    setup_failed: bool | None = None
     try:
-        if not acquired:  # the tail-killer stopped it before it got a slot
+        if host is None:  # the tail-killer stopped it before it got a slot
             result.tail_killed = True
             trial_dir = trials_dir / rollout_id
             trial_dir.mkdir(parents=True, exist_ok=True)
@@ -231,27 +239,40 @@ async def run_rollout(
 
         for attempt in range(settings.max_retries + 1):
             name = rollout_id if attempt == 0 else f"{rollout_id}-r{attempt}"
-            report = await run_attempt(settings, task, trials_dir, name, stop, poll_sec)
+            result.hosts.append(host)
+            report = await run_attempt(
+                settings.for_host(host), task, trials_dir, name, stop, poll_sec
+            )
             result.attempts.append(report)
             if report.tail_killed:
                 result.tail_killed = True
                 break
             termination = report.termination
+            setup_failed = termination is Termination.ENV_SETUP_FAILED
             if not should_retry(termination, report.has_reward, attempt, settings.max_retries):
                 break
             log.warning(
-                "trial %s: no verifier result (%s: %s); retrying (%d/%d)",
+                "trial %s: no verifier result (%s: %s) on %s; retrying (%d/%d)",
                 name,
                 termination.value,
                 report.exception_type or "no reward file",
+                host,
                 attempt + 1,
                 settings.max_retries,
             )
+            if coordination is not None:
+                host = await coordination.reassign(group, rollout_id, setup_failed)
+                setup_failed = None  # reported to the host it left
+                if host is None:  # stopped while waiting for a host
+                    result.tail_killed = True
+                    break
         return result
     finally:
         result.wall_sec = time.monotonic() - started
         if coordination is not None:
-            await coordination.release(group, rollout_id, finished=not result.tail_killed)
+            await coordination.release(
+                group, rollout_id, finished=not result.tail_killed, setup_failed=setup_failed
+            )
 
 
 def summary(result: RolloutResult) -> dict[str, Any]:

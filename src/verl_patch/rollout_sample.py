@@ -93,6 +93,7 @@ def build_sample(
     info = {
         "rollout_id": result.rollout_id,
         "trial_dir": str(final.trial_dir),
+        "sandbox_hosts": list(result.hosts),  # each attempt's host ("default": no fleet)
         "termination": termination.value,
         "exception": final.exception_type,
         "reward_extra": dict(getattr(final.reward, "extra", {}) or {}),

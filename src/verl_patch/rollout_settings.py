@@ -15,11 +15,12 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hvt.config.model import RunConfig
+from verl_patch.sandbox_fleet import FleetHost
 from verl_patch.tail_kill import TailKillPolicy
 
 REMOTE_DOCKER_MODULE = "harbor_patch.environments.remote_docker"
@@ -80,6 +81,21 @@ class RolloutSettings:
     overlay_docker_cert_path: str | None = None
     # more compose overlays for every trial (Docker backends), e.g. a sidecar service
     extra_compose: tuple[Path, ...] = ()
+    # harbor_agent.docker_hosts: the daemons trials spread over (remote Docker environment)
+    fleet: tuple[FleetHost, ...] = ()
+    host_failure_threshold: int = 3
+
+    def for_host(self, name: str) -> RolloutSettings:
+        """The settings of a trial placed on fleet host `name` (the coordinator's choice);
+        unchanged without a fleet."""
+        host = next((h for h in self.fleet if h.docker_host == name), None)
+        if host is None:
+            return self
+        kwargs = {**self.env_kwargs, "docker_host": host.docker_host}
+        kwargs.pop("docker_cert_path", None)
+        if host.docker_cert_path:
+            kwargs["docker_cert_path"] = host.docker_cert_path
+        return replace(self, env_kwargs=kwargs)
 
     @property
     def uses_own_agent(self) -> bool:
@@ -185,4 +201,9 @@ class RolloutSettings:
             )
             if env.get("HVT_TASK_BASE_IMAGE")
             else (),
+            fleet=tuple(
+                FleetHost(d.docker_host, d.docker_cert_path or None, d.max_concurrent_trials)
+                for d in h.docker_hosts or []
+            ),
+            host_failure_threshold=h.host_failure_threshold,
         )

@@ -7,6 +7,11 @@ first. In a training run one instance lives in a named Ray actor (`agent_loop.py
 all workers; tests and single-process use run it in-process. Pure asyncio, no Ray import.
 
 Trials are grouped per step ("train:12", "val:10"); the tail-kill policy applies per group.
+
+Each trial also gets a sandbox host from the run's Fleet (harbor_agent.docker_hosts): `acquire`
+returns its name, `reassign` moves a trial whose sandbox failed to start to another host for its
+retry, and a background probe (injected: it needs Docker) checks the hosts' health. Without a
+fleet there is one host, DEFAULT_HOST: the backend's own target, never probed.
 """
 
 from __future__ import annotations
@@ -15,11 +20,19 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from verl_patch.sandbox_fleet import Fleet, FleetHost
 from verl_patch.tail_kill import StepProgress, TailKillPolicy
 
 MAX_GROUPS = 8  # old steps' bookkeeping is dropped beyond this
+DEFAULT_HOST = "default"  # no fleet: the environment's own daemon or cluster
+# a host's health check: None when it answers, else why not (e.g. the ping's error)
+Probe = Callable[[FleetHost], Awaitable[str | None]]
+
+
+class NoHealthyHost(RuntimeError):
+    """Every sandbox host has been out for longer than the coordinator waits."""
 
 
 class TrialCoordinator:
@@ -29,6 +42,10 @@ class TrialCoordinator:
         policy: TailKillPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick_sec: float = 1.0,
+        fleet: Fleet | None = None,
+        probe: Probe | None = None,
+        probe_interval_sec: float = 30.0,
+        all_out_limit_sec: float = 600.0,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -36,9 +53,15 @@ class TrialCoordinator:
         self.policy = policy or TailKillPolicy()
         self.clock = clock
         self.tick_sec = tick_sec
+        self.fleet = fleet or Fleet([FleetHost(DEFAULT_HOST, None, max_concurrent)])
+        self.probe = probe if fleet is not None else None
+        self.probe_interval_sec = probe_interval_sec
+        self.all_out_limit_sec = all_out_limit_sec
         self.running: set[tuple[str, str]] = set()
+        self.tried: dict[str, set[str]] = {}  # trial -> hosts its earlier attempts failed on
         self.groups: OrderedDict[str, StepProgress] = OrderedDict()
         self._cond: asyncio.Condition | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     def _condition(self) -> asyncio.Condition:
         if self._cond is None:  # bound to the loop that first uses it (the actor's)
@@ -53,30 +76,103 @@ class TrialCoordinator:
                 self.groups.popitem(last=False)
         return progress
 
-    async def acquire(self, group: str, trial_id: str) -> bool:
-        """Register the trial and wait for a slot. False: it was stopped while waiting."""
+    async def acquire(self, group: str, trial_id: str) -> str | None:
+        """Register the trial and wait for a slot and a host: the host's name, or None when
+        the trial was stopped while waiting."""
         progress = self._group(group)
         progress.register(trial_id, self.clock())
+        self._start_probing()
         cond = self._condition()
         async with cond:
             while True:
                 progress.due(self.clock())
                 if trial_id in progress.killed:
-                    return False
+                    return None
                 if len(self.running) < self.max_concurrent:
-                    self.running.add((group, trial_id))
-                    return True
+                    host = self._place(trial_id)
+                    if host is not None:
+                        self.running.add((group, trial_id))
+                        return host
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cond.wait(), timeout=self.tick_sec)
 
-    async def release(self, group: str, trial_id: str, finished: bool = True) -> None:
-        """The trial is over (finished=True) or was stopped; its slot goes to the next one."""
+    async def reassign(self, group: str, trial_id: str, setup_failed: bool) -> str | None:
+        """The trial's attempt ended and it will be retried (it keeps its slot): it leaves its
+        host (a failed setup counts against that host) and waits for a host, another one when
+        one is healthy (the host may have died under it). None: stopped while waiting."""
+        progress = self._group(group)
+        cond = self._condition()
+        async with cond:
+            left = self.fleet.free(trial_id, setup_failed)
+            if left is not None:
+                self.tried.setdefault(trial_id, set()).add(left)
+            cond.notify_all()
+            while True:
+                progress.due(self.clock())
+                if trial_id in progress.killed:
+                    return None  # the caller releases its slot
+                host = self._place(trial_id)
+                if host is not None:
+                    return host
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait(), timeout=self.tick_sec)
+
+    async def release(
+        self, group: str, trial_id: str, finished: bool = True, setup_failed: bool | None = None
+    ) -> None:
+        """The trial is over (finished=True) or was stopped; its slot and its host go to the
+        next one. setup_failed: see Fleet.free."""
         progress = self._group(group)
         if finished:
             progress.finish(trial_id, self.clock())
         cond = self._condition()
         async with cond:
             self.running.discard((group, trial_id))
+            self.fleet.free(trial_id, setup_failed)
+            self.tried.pop(trial_id, None)
+            cond.notify_all()
+
+    def _place(self, trial_id: str) -> str | None:
+        host = self.fleet.place(trial_id, avoid=self.tried.get(trial_id, ()))
+        if host is None and self.fleet.all_out():
+            since = min(s.out_since or 0.0 for s in self.fleet.hosts.values())
+            if self.clock() - since > self.all_out_limit_sec:
+                raise NoHealthyHost(
+                    f"every sandbox host has been out for more than {self.all_out_limit_sec:.0f}"
+                    f" s: {self.fleet.out()}; fix the hosts or harbor_agent.docker_hosts"
+                )
+        return host
+
+    def _start_probing(self) -> None:
+        if self.probe is not None and self._prober is None:
+            self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await self.probe_hosts()
+            await asyncio.sleep(self.probe_interval_sec)
+
+    async def probe_hosts(self) -> None:
+        """One health check of every host: out when it fails, back when it passes."""
+        if self.probe is None:
+            return
+        states = list(self.fleet.hosts.values())
+        results = await asyncio.gather(
+            *(self.probe(s.spec) for s in states), return_exceptions=True
+        )
+        cond = self._condition()
+        async with cond:
+            for state, result in zip(states, results, strict=True):
+                error = (
+                    f"{type(result).__name__}: {result}"
+                    if isinstance(result, BaseException)
+                    else result
+                )
+                name = state.spec.docker_host
+                if error:
+                    self.fleet.take_out(name, f"health check failed: {error}")
+                elif not state.healthy:
+                    self.fleet.bring_back(name)
             cond.notify_all()
 
     async def should_stop(self, group: str, trial_id: str) -> bool:
@@ -84,5 +180,9 @@ class TrialCoordinator:
         progress.due(self.clock())
         return trial_id in progress.killed
 
-    async def snapshot(self, group: str) -> dict[str, float | int | None]:
-        return {**self._group(group).snapshot(), "slots_in_use": len(self.running)}
+    async def snapshot(self, group: str) -> dict[str, object]:
+        return {
+            **self._group(group).snapshot(),
+            "slots_in_use": len(self.running),
+            "hosts": self.fleet.snapshot(),
+        }

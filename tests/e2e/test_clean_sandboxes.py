@@ -45,9 +45,21 @@ def test_pods_removes_only_labelled_sandboxes(
                 filled_config(**{"runtime_info.input.harbor_agent.pod_name_prefix": prefix})
             )
         )
-        result = CliRunner().invoke(app, ["clean", "--config", str(config), "--pods"])
+        argv = ["clean", "--config", str(config), "--pods"]
+        local = "unix:///var/run/docker.sock"
+        dry = CliRunner().invoke(app, [*argv, "--dry-run"])
+        assert dry.exit_code == 0, dry.output
+        said = " ".join(dry.output.split())
+        assert (
+            f"would remove 2 sandbox container(s) labelled harbor-run={prefix} on {local}" in said
+        )
+        assert len(client.containers.list(all=True, filters={"label": f"harbor-run={prefix}"})) == 2
+        result = CliRunner().invoke(app, argv)
         assert result.exit_code == 0, result.output
         assert f"removed 2 sandbox container(s) labelled harbor-run={prefix}" in result.output
+        again = CliRunner().invoke(app, [*argv, "--dry-run"])
+        said = " ".join(again.output.split())
+        assert f"no sandbox container labelled harbor-run={prefix} on {local}" in said, said
         ids = {c.id for c in client.containers.list(all=True)}
         assert not any(c.id in ids for c in mine)
         assert other.id in ids and unlabelled.id in ids

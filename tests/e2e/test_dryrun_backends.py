@@ -113,3 +113,33 @@ def test_nothing_listening_fails(tmp_path: Path, tls_daemon: TlsDaemon) -> None:
     checks = _dryrun(tmp_path, **overrides)
     assert checks["backend.docker"]["status"] == "fail"
     assert "connection refused" in checks["backend.docker"]["detail"]
+
+
+def test_a_fleet_is_checked_host_by_host(tmp_path: Path, tls_daemon: TlsDaemon) -> None:
+    """harbor_agent.docker_hosts: the local socket and the TLS daemon pass, each under its own
+    name; a third host that is not there fails under its name, and only it."""
+    gone = f"unix://{tmp_path}/gone.sock"
+    fleet = [
+        {"docker_host": "unix:///var/run/docker.sock", "max_concurrent_trials": 4},
+        {
+            "docker_host": tls_daemon.host,
+            "docker_cert_path": str(tls_daemon.good_client),
+            "max_concurrent_trials": 8,
+        },
+        {"docker_host": gone, "max_concurrent_trials": 2},
+    ]
+    checks = _dryrun(
+        tmp_path,
+        **{
+            "runtime_info.input.harbor_agent.environment_import_path": REMOTE,
+            "runtime_info.input.harbor_agent.docker_hosts": fleet,
+        },
+    )
+    local = checks["backend.docker[unix:///var/run/docker.sock]"]
+    remote = checks[f"backend.docker[{tls_daemon.host}]"]
+    assert local["status"] == "ok", local
+    assert remote["status"] == "ok" and "over mutual TLS" in remote["detail"], remote
+    assert checks[f"backend.docker[{tls_daemon.host}].tls"]["status"] == "ok"
+    missing = checks[f"backend.docker[{gone}]"]
+    assert missing["status"] == "fail" and "start Docker" in missing["remedy"], missing
+    assert "backend.docker" not in checks

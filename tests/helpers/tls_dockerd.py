@@ -32,6 +32,7 @@ class TlsDaemon:
     foreign_client: Path  # a client cert from another CA (with the right ca.pem)
     self_signed_client: Path  # a self-signed client cert (with the right ca.pem)
     wrong_ca_client: Path  # the good client cert, but a ca.pem that did not sign the server
+    container: str = ""  # the daemon's container on this machine's engine (stop it to kill it)
 
 
 def _client_dir(root: Path, name: str, ca: Issued, client: Issued) -> Path:
@@ -106,6 +107,7 @@ def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
             wrong_ca_client=_client_dir(
                 root, "wrongca", other_ca, issue(ca, "trainer", server=False)
             ),
+            container=container.name,
         )
     finally:
         container.remove(force=True, v=True)

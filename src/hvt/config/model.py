@@ -127,6 +127,14 @@ class HostPathMount(Section):
     type: Literal["Directory", "DirectoryOrCreate", "File", "FileOrCreate", ""] = "Directory"
 
 
+class DockerHost(Section):
+    """One daemon of a sandbox fleet (harbor_agent.docker_hosts)."""
+
+    docker_host: str = Field(pattern=r"^(unix|tcp)://.+")
+    docker_cert_path: str = ""  # ca.pem, cert.pem, key.pem of a tcp:// host
+    max_concurrent_trials: PositiveInt = 8
+
+
 class HarborAgent(Section):
     agent_name: str = "claude-code"
     agent_import_path: str = "harbor_patch.agents.image_mounted_claude_code:ClaudeCode"
@@ -160,6 +168,9 @@ class HarborAgent(Section):
     host_path_mounts: list[HostPathMount] | None = None
     docker_host: str = Field(default="", pattern=r"^$|^(unix|tcp|ssh)://.+")
     docker_cert_path: str = ""
+    # a fleet instead of one docker_host: trials spread over the healthy hosts (least loaded)
+    docker_hosts: list[DockerHost] | None = None
+    host_failure_threshold: PositiveInt = 3  # setups failing in a row that take a host out
     allow_insecure_test_network: bool = False
 
     @property

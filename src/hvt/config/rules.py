@@ -130,38 +130,76 @@ def _backend(cfg: RunConfig) -> list[Problem]:
                 "set host_path_mounts: null, or switch to the kubernetes environment",
             )
         )
-    if h.docker_host.startswith("tcp://"):
-        url = urlsplit(h.docker_host)
-        try:
-            port = url.port
-        except ValueError:
-            port = None
-        if not url.hostname or port is None:
-            out.append(
-                Problem(
-                    f"{P}.harbor_agent.docker_host",
-                    f"{h.docker_host!r} has no host:port",
-                    "write tcp://<host>:2376 (TLS)",
-                )
+    out += _daemon_url(
+        f"{P}.harbor_agent.docker_host", h.docker_host, h.allow_insecure_test_network
+    )
+    remote = "remote_docker" in path or "kubernetes" in path
+    if h.docker_host.startswith("tcp://") and not remote:
+        out.append(
+            Problem(
+                f"{P}.harbor_agent.environment_import_path",
+                "a tcp:// docker_host needs the remote Docker environment",
+                "use harbor_patch.environments.remote_docker:RemoteDockerEnvironment",
             )
-        elif port == 2375 and not h.allow_insecure_test_network:
-            out.append(
-                Problem(
-                    f"{P}.harbor_agent.docker_host",
-                    "tcp://...:2375 is the unencrypted Docker port (root for anyone on the"
-                    " network)",
-                    "provision TLS (make provision) and use tcp://<host>:2376; only on an isolated"
-                    " test network set harbor_agent.allow_insecure_test_network: true",
-                )
+        )
+    if h.docker_hosts is not None:
+        out += _fleet(cfg, path)
+    return out
+
+
+def _daemon_url(key: str, url: str, allow_insecure: bool) -> list[Problem]:
+    if not url.startswith("tcp://"):
+        return []
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        return [Problem(key, f"{url!r} has no host:port", "write tcp://<host>:2376 (TLS)")]
+    if port == 2375 and not allow_insecure:
+        return [
+            Problem(
+                key,
+                "tcp://...:2375 is the unencrypted Docker port (root for anyone on the network)",
+                "provision TLS (make provision) and use tcp://<host>:2376; only on an isolated"
+                " test network set harbor_agent.allow_insecure_test_network: true",
             )
-        if "remote_docker" not in path and "kubernetes" not in path:
-            out.append(
-                Problem(
-                    f"{P}.harbor_agent.environment_import_path",
-                    "a tcp:// docker_host needs the remote Docker environment",
-                    "use harbor_patch.environments.remote_docker:RemoteDockerEnvironment",
-                )
+        ]
+    return []
+
+
+def _fleet(cfg: RunConfig, path: str) -> list[Problem]:
+    h = cfg.inputs.harbor_agent
+    key = f"{P}.harbor_agent.docker_hosts"
+    hosts = h.docker_hosts or []
+    out: list[Problem] = []
+    if not hosts:
+        out.append(Problem(key, "is an empty list", "list at least one host, or set it to null"))
+    if h.docker_host:
+        out.append(
+            Problem(
+                f"{P}.harbor_agent.docker_host",
+                f"set to {h.docker_host!r} together with docker_hosts",
+                'set docker_host: "" and list that daemon in docker_hosts',
             )
+        )
+    if "remote_docker" not in path:
+        out.append(
+            Problem(
+                f"{P}.harbor_agent.environment_import_path",
+                "a fleet (docker_hosts) needs the remote Docker environment, which takes the "
+                "daemon per trial",
+                "use harbor_patch.environments.remote_docker:RemoteDockerEnvironment",
+            )
+        )
+    seen: set[str] = set()
+    for n, host in enumerate(hosts):
+        entry = f"{key}.{n}.docker_host"
+        if host.docker_host in seen:
+            out.append(Problem(entry, f"{host.docker_host!r} is listed twice", "list it once"))
+        seen.add(host.docker_host)
+        out += _daemon_url(entry, host.docker_host, h.allow_insecure_test_network)
     return out
 
 

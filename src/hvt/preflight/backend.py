@@ -16,6 +16,7 @@ from hvt.docker_remote import CERT_FILES, connect
 from hvt.preflight.check import Check, Context, fail, ok, skip, warn
 
 TIMEOUT_S = 10
+LOCAL_SOCKET = "unix:///var/run/docker.sock"
 # What Harbor does to a sandbox pod: (resource, subresource, verb)
 K8S_VERBS = (
     ("pods", "", "create"),
@@ -33,12 +34,37 @@ def check_backend(ctx: Context) -> Iterator[Check]:
     if backend == "kubernetes":
         yield skip("backend.docker", "backend is kubernetes")
         yield from check_kubernetes(ctx)
+    elif ctx.cfg.inputs.harbor_agent.docker_hosts:
+        yield skip("backend.kubernetes", "backend is a fleet of docker hosts")
+        yield from check_fleet(ctx)
     elif backend == "remote_docker":
         yield skip("backend.kubernetes", "backend is remote docker")
-        yield from check_remote_docker(ctx)
+        h = ctx.cfg.inputs.harbor_agent
+        yield from check_remote_docker(
+            "backend.docker",
+            h.docker_host,
+            cert_dir_for_config(ctx.cfg),
+            h.allow_insecure_test_network,
+        )
     else:
         yield skip("backend.kubernetes", "backend is local docker")
-        yield from check_local_docker(ctx)
+        yield from check_local_docker(
+            "backend.docker", ctx.cfg.inputs.harbor_agent.docker_host or LOCAL_SOCKET
+        )
+
+
+def check_fleet(ctx: Context) -> Iterator[Check]:
+    """Each host of harbor_agent.docker_hosts, as its own check (`backend.docker[<host>]`)."""
+    h = ctx.cfg.inputs.harbor_agent
+    for host in h.docker_hosts or []:
+        name = f"backend.docker[{host.docker_host}]"
+        if host.docker_host.startswith("unix://"):
+            yield from check_local_docker(name, host.docker_host)
+        else:
+            certs = Path(host.docker_cert_path) if host.docker_cert_path else _default_certs()
+            yield from check_remote_docker(
+                name, host.docker_host, certs, h.allow_insecure_test_network
+            )
 
 
 def _describe_info(info: dict[str, Any]) -> str:
@@ -48,12 +74,11 @@ def _describe_info(info: dict[str, Any]) -> str:
     )
 
 
-def check_local_docker(ctx: Context) -> Iterator[Check]:
-    host = ctx.cfg.inputs.harbor_agent.docker_host or "unix:///var/run/docker.sock"
+def check_local_docker(name: str, host: str) -> Iterator[Check]:
     socket = Path(host.removeprefix("unix://")) if host.startswith("unix://") else None
     if socket is not None and not socket.exists():
         yield fail(
-            "backend.docker",
+            name,
             f"{socket} does not exist: no Docker daemon here",
             "start Docker (systemctl start docker) or mount the socket into the trainer",
         )
@@ -65,14 +90,18 @@ def check_local_docker(ctx: Context) -> Iterator[Check]:
         remedy = "check the daemon (systemctl status docker)"
         if "Permission denied" in str(exc):
             remedy = f"add uid {os.getuid()} to the socket's group (docker) or run as root"
-        yield fail("backend.docker", f"{host}: {_short(exc)}", remedy)
+        yield fail(name, f"{host}: {_short(exc)}", remedy)
         return
-    yield ok("backend.docker", f"{host}: {_describe_info(info)}")
+    yield ok(name, f"{host}: {_describe_info(info)}")
+
+
+def _default_certs() -> Path:
+    return Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
 
 
 def cert_dir_for_config(cfg: RunConfig) -> Path:
     configured = cfg.inputs.harbor_agent.docker_cert_path
-    return Path(configured or os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+    return Path(configured) if configured else _default_certs()
 
 
 def _classify_tls_error(exc: BaseException) -> tuple[str, str]:
@@ -119,27 +148,25 @@ def _classify_tls_error(exc: BaseException) -> tuple[str, str]:
     return (_short(exc), "check harbor_agent.docker_host and the certificates")
 
 
-def check_remote_docker(ctx: Context) -> Iterator[Check]:
-    h = ctx.cfg.inputs.harbor_agent
-    host = h.docker_host
-    if h.allow_insecure_test_network and host.endswith(":2375"):
+def check_remote_docker(name: str, host: str, certs: Path, allow_insecure: bool) -> Iterator[Check]:
+    tls = f"{name}.tls"
+    if allow_insecure and host.endswith(":2375"):
         yield warn(
-            "backend.docker.tls",
+            tls,
             f"{host} is a plain, unauthenticated daemon",
             "allowed by allow_insecure_test_network; use TLS on 2376 anywhere else",
         )
         try:
             info = connect(host, None, timeout=TIMEOUT_S).info()
         except DockerException as exc:
-            yield fail("backend.docker", f"{host}: {_short(exc)}", "start the test daemon")
+            yield fail(name, f"{host}: {_short(exc)}", "start the test daemon")
             return
-        yield ok("backend.docker", f"{host}: {_describe_info(info)}")
+        yield ok(name, f"{host}: {_describe_info(info)}")
         return
-    certs = cert_dir_for_config(ctx.cfg)
     missing = [f for f in CERT_FILES if not (certs / f).is_file()]
     if missing:
         yield fail(
-            "backend.docker.tls",
+            tls,
             f"missing {', '.join(missing)} in {certs}",
             "run `make provision` (role docker_tls issues them) or set "
             "harbor_agent.docker_cert_path to the directory holding ca.pem, cert.pem, "
@@ -149,20 +176,20 @@ def check_remote_docker(ctx: Context) -> Iterator[Check]:
     key_mode = stat.S_IMODE((certs / "key.pem").stat().st_mode)
     if key_mode & 0o077:
         yield warn(
-            "backend.docker.tls",
+            tls,
             f"{certs / 'key.pem'} is mode {key_mode:o}",
             f"chmod 600 {certs / 'key.pem'}",
         )
     else:
-        yield ok("backend.docker.tls", f"client certificate in {certs}")
+        yield ok(tls, f"client certificate in {certs}")
     try:
         client = connect(host, certs, timeout=TIMEOUT_S)
         info = client.info()
     except Exception as exc:
         detail, remedy = _classify_tls_error(exc)
-        yield fail("backend.docker", f"{host}: {detail}", remedy)
+        yield fail(name, f"{host}: {detail}", remedy)
         return
-    yield ok("backend.docker", f"{host} over mutual TLS: {_describe_info(info)}")
+    yield ok(name, f"{host} over mutual TLS: {_describe_info(info)}")
 
 
 def check_kubernetes(ctx: Context) -> Iterator[Check]:

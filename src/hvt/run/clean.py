@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import psutil
 import typer
@@ -95,23 +95,71 @@ def _delete_pods(cfg: RunConfig, prefix: str) -> str:
     return f"deleted {len(names)} pod(s) labelled {selector} in {k.namespace}"
 
 
-def _delete_containers(cfg: RunConfig, prefix: str) -> str:
-    from hvt.docker_remote import connect
+def sandbox_daemons(cfg: RunConfig) -> list[tuple[str, Path | None]]:
+    """The Docker daemons sandboxes run on: each fleet host, or the one docker_host; with the
+    certificate directory of each tcp:// host."""
     from hvt.preflight.backend import cert_dir_for_config
 
     h = cfg.inputs.harbor_agent
+
+    def certs(host: str, configured: Path | None) -> Path | None:
+        if not host.startswith("tcp://"):
+            return None
+        if h.allow_insecure_test_network and host.endswith(":2375"):
+            return None
+        return configured
+
+    if h.docker_hosts:
+        return [
+            (
+                d.docker_host,
+                certs(
+                    d.docker_host,
+                    Path(d.docker_cert_path) if d.docker_cert_path else cert_dir_for_config(cfg),
+                ),
+            )
+            for d in h.docker_hosts
+        ]
     host = h.docker_host or "unix:///var/run/docker.sock"
-    certs = (
-        cert_dir_for_config(cfg)
-        if host.startswith("tcp://")
-        and not (h.allow_insecure_test_network and host.endswith(":2375"))
-        else None
-    )
+    return [(host, certs(host, cert_dir_for_config(cfg)))]
+
+
+def _sandboxes(host: str, certs: Path | None, prefix: str) -> list[Any]:
+    from hvt.docker_remote import connect
+
     client = connect(host, certs, timeout=30)
-    containers = client.containers.list(all=True, filters={"label": f"{LABEL}={prefix}"})
+    return list(client.containers.list(all=True, filters={"label": f"{LABEL}={prefix}"}))
+
+
+def _remove_containers(containers: list[Any], host: str, prefix: str) -> str:
     for c in containers:
         c.remove(force=True)
     return f"removed {len(containers)} sandbox container(s) labelled {LABEL}={prefix} on {host}"
+
+
+def _container_actions(cfg: RunConfig, prefix: str) -> tuple[list[Action], list[str]]:
+    """One action per daemon that holds labelled sandboxes; a note for each that holds none
+    or cannot be reached (clean goes on with the others)."""
+    actions: list[Action] = []
+    notes: list[str] = []
+    for host, certs in sandbox_daemons(cfg):
+        try:
+            found = _sandboxes(host, certs, prefix)
+        except Exception as exc:
+            notes.append(f"could not list sandboxes on {host}: {exc} (check the daemon)")
+            continue
+        if not found:
+            notes.append(f"no sandbox container labelled {LABEL}={prefix} on {host}")
+            continue
+        names = ", ".join(c.name for c in found[:6]) + (" ..." if len(found) > 6 else "")
+        actions.append(
+            Action(
+                f"remove {len(found)} sandbox container(s) labelled {LABEL}={prefix} on {host}"
+                f" ({names})",
+                lambda f=found, h=host: _remove_containers(f, h, prefix),  # type: ignore[misc]
+            )
+        )
+    return actions, notes
 
 
 def plan(
@@ -160,12 +208,9 @@ def plan(
                 )
             )
         else:
-            actions.append(
-                Action(
-                    f"remove sandbox containers labelled {LABEL}={prefix}",
-                    lambda: _delete_containers(cfg, prefix),
-                )
-            )
+            sandbox_actions, sandbox_notes = _container_actions(cfg, prefix)
+            actions += sandbox_actions
+            notes += sandbox_notes
     notes.append(f"kept: checkpoints ({paths.checkpoints}) and wandb runs ({paths.wandb})")
     return actions, notes
 
