@@ -178,8 +178,10 @@ def test_every_override_names_a_real_verl_key(repos: Path) -> None:
     generated = repos_dir() / "verl" / "verl" / "trainer" / "config" / "_generated_ppo_trainer.yaml"
     assert generated.is_file(), f"{generated} missing from the pinned verl tree"
     known = _keys(yaml.safe_load(generated.read_text()))
-    for preset, cpu in itertools.product(("ppo", "grpo", "gspo"), (False, True)):
-        for item in overrides(_cfg(**_preset(preset)), replace(SPEC, cpu=cpu), ENV):
+    modes = ("sync", "colocate_async")
+    for preset, cpu, mode in itertools.product(("ppo", "grpo", "gspo"), (False, True), modes):
+        cfg = _cfg(**_preset(preset), **{"runtime_info.input.training.mode": mode})
+        for item in overrides(cfg, replace(SPEC, cpu=cpu), ENV):
             key = item.split("=", 1)[0]
             if key.startswith(("+", "hydra.")):  # ++ may add; hydra.* is Hydra's, not verl's
                 continue
@@ -221,3 +223,25 @@ def test_forwarded_env_values_stay_strings() -> None:
     argv = overrides(_cfg(), SPEC, {"DOCKER_TLS_VERIFY": "1", "WANDB_MODE": "offline"})
     assert "++ray_kwargs.ray_init.runtime_env.env_vars.DOCKER_TLS_VERIFY='1'" in argv
     assert "++ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE='offline'" in argv
+
+
+def test_colocate_async_is_the_sync_command_plus_its_knobs() -> None:
+    """training.mode maps to verl's v1 trainer_mode; colocate_async adds exactly its knobs."""
+    keys = {
+        **_preset("gspo"),
+        "runtime_info.input.training.async_warmup_batches": 2,
+        "runtime_info.input.training.max_off_policy_threshold": 3,
+        "runtime_info.input.training.max_off_policy_strategy": "wait",
+    }
+    sync = command(_cfg(**keys), SPEC, ENV)
+    colocate = command(_cfg(**keys, **{"runtime_info.input.training.mode": "colocate_async"}),
+                       SPEC, ENV)  # fmt: skip
+    _check_golden("verl_command_gspo_colocate_async", colocate)
+    assert "trainer.v1.trainer_mode=sync" in sync
+    assert set(colocate) - set(sync) == {
+        "trainer.v1.trainer_mode=colocate_async",
+        "trainer.v1.colocate_async.num_warmup_batches=2",
+        "trainer.v1.sampler.max_off_policy_threshold=3",
+        "trainer.v1.sampler.max_off_policy_strategy=wait",
+    }
+    assert set(sync) - set(colocate) == {"trainer.v1.trainer_mode=sync"}

@@ -93,6 +93,13 @@ class Training(Section):
     save_freq: int = Field(default=5, ge=-1)
     test_freq: int = Field(default=5, ge=-1)
     val_before_train: bool = False
+    # sync: every step waits for its slowest trial. colocate_async (verl v1): about
+    # 1 + async_warmup_batches batches in flight; each step trains on the first to finish, slow
+    # trials carry over, generation is aborted at each update. separate_async: not built yet.
+    mode: Literal["sync", "colocate_async", "separate_async"] = "sync"
+    async_warmup_batches: PositiveInt = 1
+    max_off_policy_threshold: PositiveInt = 8  # weight versions one trial may span
+    max_off_policy_strategy: Literal["drop", "wait"] = "drop"  # for a trial beyond it
 
 
 class Algorithm(Section):

@@ -19,7 +19,32 @@ def check(cfg: RunConfig, config_file: Path | None = None) -> list[Problem]:
     problems += _ports(cfg)
     problems += _backend(cfg)
     problems += _algorithm(cfg, config_file)
+    problems += _training_mode(cfg)
     return problems
+
+
+def _training_mode(cfg: RunConfig) -> list[Problem]:
+    t, r = cfg.inputs.training, cfg.inputs.harbor_runtime
+    out: list[Problem] = []
+    if t.mode == "separate_async":
+        out.append(
+            Problem(
+                f"{P}.training.mode",
+                "separate_async needs a rollout pool of its own (separate nodes and a weight "
+                "sync other than verl's naive one); the bundle does not build it yet",
+                "use colocate_async on shared GPUs, or sync",
+            )
+        )
+    if t.mode != "sync" and r.tail_kill_target < 1.0:
+        out.append(
+            Problem(
+                f"{P}.harbor_runtime.tail_kill_target",
+                f"{r.tail_kill_target} stops the slow trials that {t.mode} carries into the next"
+                " step instead of waiting for them",
+                "set it to 1.0 (the tail-killer off) with an async mode",
+            )
+        )
+    return out
 
 
 def _batches(cfg: RunConfig) -> list[Problem]:

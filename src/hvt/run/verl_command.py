@@ -259,11 +259,18 @@ def overrides(
             str(spec.paths.checkpoints / i.experiment.project_name / spec.exp_name),
         ),
         ("trainer.resume_mode", "auto"),
+        ("trainer.v1.trainer_mode", t.mode),
         ("trainer.log_val_generations", 0),
         # Hydra's own output (the composed config, its log): in the run's logs, not in the
         # working directory, which the trainer image's user cannot write
         ("hydra.run.dir", str(spec.paths.logs / "hydra" / spec.exp_name)),
     ]
+    if t.mode == "colocate_async":
+        pairs += [
+            ("trainer.v1.colocate_async.num_warmup_batches", t.async_warmup_batches),
+            ("trainer.v1.sampler.max_off_policy_threshold", t.max_off_policy_threshold),
+            ("trainer.v1.sampler.max_off_policy_strategy", t.max_off_policy_strategy),
+        ]
     if spec.cpu:
         pairs = with_cpu_overrides(pairs, preset.needs_critic)
     for key, value in sorted((env or {}).items()):
