@@ -9,9 +9,11 @@ a `hvt tasks index` row (extra_info.harbor_task_path, extra_info.split) plus wha
    under the run-wide concurrency limit and tail-killer (`coordination`, a named Ray actor);
 2. turns it into a sample (`rollout_sample.build_sample`: exact tokens from the proxy's
    trajectory, reward, termination);
-3. appends one line per rollout to `<trials_dir>/<step>/rollouts.jsonl` and returns verl's
-   AgentLoopOutput with `reward_score` set (verl then skips its reward loop) and the per-trial
-   numbers in `extra_fields["reward_extra_info"]` (validation logs them per data source).
+3. appends one line per rollout to `<trials_dir>/<step>/rollouts.jsonl`; a rollout that failed
+   for an infrastructure reason (`infra_failure`) is then raised, so verl keeps it out of the
+   loss and out of its group's statistics; every other one returns verl's AgentLoopOutput
+   with `reward_score` set (verl then skips its reward loop) and the per-trial numbers in
+   `extra_fields["reward_extra_info"]` (validation logs them per data source).
 
 Everything except this file runs without verl; this file is exercised by the smoke test in
 the trainer image.
@@ -29,6 +31,7 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
 from verl_patch import coordination, harbor_trial
+from verl_patch.infra_failure import InfraFailure
 from verl_patch.rollout_sample import Sample, build_sample
 from verl_patch.rollout_settings import RolloutSettings
 
@@ -113,6 +116,9 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
             ),
         )
         self._record(sample, step, split, extra)
+        if sample.info.get("infra_failure"):
+            # verl leaves the sample out of its group; infra_sampler counts it per step
+            raise InfraFailure(sample.info["rollout_id"], sample.info["infra_failure"])
         return self._output(sample, step)
 
     def _record(self, sample: Sample, step: int | None, split: str, extra: dict[str, Any]) -> None:

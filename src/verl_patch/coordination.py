@@ -40,8 +40,9 @@ class RayCoordination:
 
     async def release(
         self, group: str, trial_id: str, finished: bool = True, setup_failed: bool | None = None
-    ) -> None:
-        await self.handle.release.remote(group, trial_id, finished, setup_failed)
+    ) -> str | None:
+        lost = await self.handle.release.remote(group, trial_id, finished, setup_failed)
+        return str(lost) if lost else None
 
     async def should_stop(self, group: str, trial_id: str) -> bool:
         return bool(await self.handle.should_stop.remote(group, trial_id))

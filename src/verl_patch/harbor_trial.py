@@ -41,7 +41,7 @@ class Coordination(Protocol):
     async def reassign(self, group: str, trial_id: str, setup_failed: bool) -> str | None: ...
     async def release(
         self, group: str, trial_id: str, finished: bool = True, setup_failed: bool | None = None
-    ) -> None: ...
+    ) -> str | None: ...
     async def should_stop(self, group: str, trial_id: str) -> bool: ...
 
 
@@ -53,6 +53,7 @@ class RolloutResult:
     wall_sec: float = 0.0
     queued_sec: float = 0.0
     hosts: list[str] = field(default_factory=list)  # the sandbox host of each attempt
+    host_lost: str | None = None  # the last attempt's host failed its health check under it
 
     @property
     def final(self) -> TrialReport | None:
@@ -270,7 +271,7 @@ async def run_rollout(
     finally:
         result.wall_sec = time.monotonic() - started
         if coordination is not None:
-            await coordination.release(
+            result.host_lost = await coordination.release(
                 group, rollout_id, finished=not result.tail_killed, setup_failed=setup_failed
             )
 

@@ -4,9 +4,12 @@ No verl import: `agent_loop` wraps the result into verl's AgentLoopOutput.
 * tokens: the exact ids from the proxy's trajectory (`trajectory_tokens`), else the chat
   template fallback (counted: metric `tokens_fallback`), cut to the rollout's prompt/response
   lengths (then the termination is `overlong`);
-* a rollout with nothing to train on (sandbox never started, tail-killed before its first model
-  call, no successful call at all) gets the task prompt and a single end-of-sequence token with
-  mask 0: it adds nothing to the gradient but keeps its place (and reward 0) in its group;
+* a rollout that failed for an infrastructure reason (sandbox never started, host lost, the
+  serving path failed: `infra_failure.classify`) is marked `infra_failure`; the agent loop then
+  raises it, so verl leaves it out of the loss and of its group's statistics;
+* any other rollout with nothing to train on (tail-killed before its first model call, no
+  successful call at all) gets the task prompt and a single end-of-sequence token with mask 0:
+  it adds nothing to the gradient but keeps its place (and reward 0) in its group;
 * reward: the verifier's, else 0.0.
 """
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hvt.trajectory.paths import RECORD_DIR
+from verl_patch import infra_failure
 from verl_patch.harbor_trial import RolloutResult
 from verl_patch.termination import Termination, classify
 from verl_patch.trajectory_tokens import Render, TokenSequence, TrajectoryStats, fit, from_trial_dir
@@ -72,6 +76,7 @@ def build_sample(
     fit(seq, max_prompt, max_response)
     termination = classify(final.facts(truncated=seq.truncated))
     reward = final.reward_value
+    infra = infra_failure.classify(result, final.trajectory.infra_failed)
     metrics: dict[str, float] = {
         f"termination/{t.value}": float(t is termination) for t in Termination
     }
@@ -83,6 +88,7 @@ def build_sample(
         "trainable": float(trainable),
         "model_calls": float(stats.succeeded),
         "model_calls_failed": float(stats.failed),
+        "infra_failure": float(infra is not None),
         "time/queued": round(result.queued_sec, 3),
         "time/rollout": round(result.wall_sec, 3),
         **{f"time/{phase}": seconds for phase, seconds in final.timings.items()},
@@ -95,6 +101,7 @@ def build_sample(
         "trial_dir": str(final.trial_dir),
         "sandbox_hosts": list(result.hosts),  # each attempt's host ("default": no fleet)
         "termination": termination.value,
+        "infra_failure": infra,  # a reason: the sample is left out of the loss (infra_failure.py)
         "exception": final.exception_type,
         "reward_extra": dict(getattr(final.reward, "extra", {}) or {}),
     }

@@ -64,6 +64,8 @@ class Fleet:
         self.failure_threshold = failure_threshold
         self.clock = clock
         self.where: dict[str, str] = {}  # trial -> host it runs on
+        # trial -> why its host was lost under it (its health check failed while it ran there)
+        self.lost: dict[str, str] = {}
 
     def place(self, trial: str, avoid: Collection[str] = ()) -> str | None:
         """A host for the trial, or None while every usable host is full or out. Hosts in
@@ -85,6 +87,7 @@ class Fleet:
         """The trial left its host. setup_failed: its sandbox never started there (True), it
         ran (False), or unknown, e.g. stopped by the tail-killer (None). Returns the host."""
         name = self.where.pop(trial, None)
+        self.lost.pop(trial, None)
         if name is None:
             return None
         state = self.hosts[name]
@@ -98,8 +101,18 @@ class Fleet:
             state.consecutive_failures = 0
         return name
 
-    def take_out(self, name: str, reason: str) -> None:
+    def lost_under(self, trial: str) -> str | None:
+        """Why the trial's current host was lost while the trial ran there (its health check
+        failed), or None. Read it before `free`, which forgets it."""
+        return self.lost.get(trial)
+
+    def take_out(self, name: str, reason: str, unreachable: bool = False) -> None:
+        """unreachable: the health check failed (the daemon stopped answering), so the trials
+        running there lost their host; a streak of failed setups does not say that."""
         state = self.hosts[name]
+        if unreachable:
+            for trial in state.running:
+                self.lost.setdefault(trial, f"{name} {reason}")
         if state.healthy:
             state.out_since = self.clock()
             log.warning(

@@ -34,6 +34,12 @@ CONTEXT_ERROR = re.compile(
     re.I,
 )
 
+# A failed call the policy cannot have caused: the proxy found no replica (503), a gateway
+# failed (502/504) or nothing answered (connection errors). A 500 or a 400 may come from what
+# the policy sent, so they are not counted here.
+INFRA_STATUS = frozenset({502, 503, 504})
+INFRA_ERRORS = frozenset({"APIConnectionError", "ServiceUnavailableError", "BadGatewayError"})
+
 # render(messages, tools, add_generation_prompt) -> token ids (the tokenizer's chat template)
 Render = Callable[[list[dict[str, Any]], list[dict[str, Any]] | None, bool], list[int]]
 
@@ -54,6 +60,7 @@ class TrajectoryStats:
     failed: int = 0
     with_tokens: int = 0
     context_overflow: bool = False
+    infra_failed: int = 0  # failed calls of INFRA_STATUS / INFRA_ERRORS
 
 
 @dataclass
@@ -147,6 +154,11 @@ def calls_from_records(
             message = str(failure.get("message", "")) if isinstance(failure, Mapping) else ""
             if CONTEXT_ERROR.search(message):
                 stats.context_overflow = True
+            if isinstance(failure, Mapping) and (
+                failure.get("status_code") in INFRA_STATUS
+                or failure.get("error_type") in INFRA_ERRORS
+            ):
+                stats.infra_failed += 1
             continue
         stats.succeeded += 1
         tokens = record.get("tokens") or {}

@@ -119,18 +119,21 @@ class TrialCoordinator:
 
     async def release(
         self, group: str, trial_id: str, finished: bool = True, setup_failed: bool | None = None
-    ) -> None:
+    ) -> str | None:
         """The trial is over (finished=True) or was stopped; its slot and its host go to the
-        next one. setup_failed: see Fleet.free."""
+        next one. setup_failed: see Fleet.free. Returns why its host was lost under its last
+        attempt (a failed health check while it ran there), else None."""
         progress = self._group(group)
         if finished:
             progress.finish(trial_id, self.clock())
         cond = self._condition()
         async with cond:
             self.running.discard((group, trial_id))
+            lost = self.fleet.lost_under(trial_id)
             self.fleet.free(trial_id, setup_failed)
             self.tried.pop(trial_id, None)
             cond.notify_all()
+        return lost
 
     def _place(self, trial_id: str) -> str | None:
         host = self.fleet.place(trial_id, avoid=self.tried.get(trial_id, ()))
@@ -170,7 +173,7 @@ class TrialCoordinator:
                 )
                 name = state.spec.docker_host
                 if error:
-                    self.fleet.take_out(name, f"health check failed: {error}")
+                    self.fleet.take_out(name, f"health check failed: {error}", unreachable=True)
                 elif not state.healthy:
                     self.fleet.bring_back(name)
             cond.notify_all()

@@ -8,7 +8,10 @@ not tens of minutes), a rule reward that varies with the text (so GRPO's advanta
 zero and the actor really moves), and the step count. Prints `RESULT {json}` last: verl's step
 lines and the checkpoints it wrote.
 
-  python cpu_trainer_job.py --preset gspo --steps 2 --workdir /tmp/w [--sync off]
+  python cpu_trainer_job.py --preset gspo --steps 2 --workdir /tmp/w [--sync off] [--infra-failure]
+
+--infra-failure: one sample of row 1 fails as a sandbox that never started would
+(infra_flaky_agent_loop.py): verl must leave it out, count it, and train on the rest.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--sync", default="on", choices=["on", "off"])
+    parser.add_argument("--infra-failure", action="store_true")
     args = parser.parse_args()  # tests.conftest.filled_config
     from hvt.config.model import RunConfig
     from hvt.config.run_paths import RunPaths
@@ -53,8 +57,12 @@ def main() -> int:
             "data_source": "hvt/cpu-check",
             "prompt": [{"role": "user", "content": f"fix the parser bug number {i}"}],
             "reward_model": {"style": "rule", "ground_truth": "e"},
-            "extra_info": {"index": i, "split": "train"},
-            "agent_name": "single_turn_agent",
+            "extra_info": {
+                "index": i,
+                "split": "train",
+                "fail_infra": args.infra_failure and i == 1,
+            },
+            "agent_name": "infra_flaky" if args.infra_failure else "single_turn_agent",
         }
         for i in range(2 * args.steps)
     ]
@@ -62,6 +70,9 @@ def main() -> int:
     pd.DataFrame(rows).to_parquet(w / "data" / "train.parquet")
     pd.DataFrame(rows[:2]).to_parquet(w / "data" / "val.parquet")
     (w / "reward.py").write_text(REWARD)
+    (w / "agent_loops.yaml").write_text(
+        "- name: infra_flaky\n  _target_: tests.e2e.infra_flaky_agent_loop.InfraFlakyAgentLoop\n"
+    )
     keys = {
         "runtime_info.input.model.model_path": str(model),
         "runtime_info.input.data.data_dir": str(w / "data"),
@@ -102,6 +113,7 @@ def main() -> int:
     argv = verl_command.command(cfg, spec, {}, config_file)
     test_only = {
         "actor_rollout_ref.rollout.agent.default_agent_loop": "single_turn_agent",
+        "actor_rollout_ref.rollout.agent.agent_loop_config_path": str(w / "agent_loops.yaml"),
         "reward.custom_reward_function.path": str(w / "reward.py"),
         "trainer.total_training_steps": str(args.steps),
         "trainer.logger": "[console]",

@@ -38,7 +38,9 @@ def trainer_image(images: dict[str, str]) -> str:
     return images["trainer"]
 
 
-def run_job(image: str, tmp_path: Path, preset: str, steps: int, sync: str = "on") -> dict:
+def run_job(
+    image: str, tmp_path: Path, preset: str, steps: int, sync: str = "on", infra: bool = False
+) -> dict:
     work = tmp_path / f"{preset}-{sync}"
     work.mkdir()
     os.chmod(work, 0o777)
@@ -54,6 +56,7 @@ def run_job(image: str, tmp_path: Path, preset: str, steps: int, sync: str = "on
         "--entrypoint", "/opt/venv/bin/python",
         image, "/hvt/tests/e2e/cpu_trainer_job.py",
         "--preset", preset, "--steps", str(steps), "--sync", sync, "--workdir", str(work),
+        *(["--infra-failure"] if infra else []),
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=scaled(850))
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
@@ -68,10 +71,15 @@ def corr(result: dict, step: int) -> float:
 def test_gspo_trains_two_steps_and_the_rollout_serves_the_trained_weights(
     trainer_image: str, tmp_path: Path
 ) -> None:
-    result = run_job(trainer_image, tmp_path, "gspo", steps=2)
+    """Also: one of the 8 samples fails as a sandbox that never started would (the agent loop
+    raises InfraFailure): verl leaves it out of its group, the step counts it in
+    rollout/infra_failed_samples and trains on the other 3 + 4."""
+    result = run_job(trainer_image, tmp_path, "gspo", steps=2, infra=True)
     assert set(result["steps"]) >= {"1", "2"}, result["steps"]
     assert result["checkpoints"] == ["global_step_1", "global_step_2"]
     assert corr(result, 2) > SYNCED, result["steps"]["2"]
+    failed = [float(result["steps"][s]["rollout/infra_failed_samples"]) for s in ("1", "2")]
+    assert sorted(failed) == [0.0, 1.0], result["steps"]
 
 
 def test_ppo_with_a_critic_and_without_the_weight_sync_the_check_fails(

@@ -124,6 +124,39 @@ def test_the_health_check_takes_a_host_out_and_brings_it_back() -> None:
     assert after == {}
 
 
+def test_a_host_lost_under_a_trial_is_reported_at_its_release() -> None:
+    """A failed health check while a trial runs on the host: its release says so (the agent
+    loop then keeps it out of the loss when it has no verifier result). A streak of failed
+    setups takes a host out too, but code in a sandbox could cause that: not reported."""
+    answers: dict[str, str | None] = {A.docker_host: None, B.docker_host: None}
+
+    async def probe(host: FleetHost) -> str | None:
+        return answers[host.docker_host]
+
+    async def go() -> tuple[str | None, str | None, str | None]:
+        coord = TrialCoordinator(max_concurrent=4, fleet=Fleet([A, B], 1), probe=probe)
+        assert await coord.acquire("train:1", "t0") == A.docker_host
+        assert await coord.acquire("train:1", "t1") == B.docker_host
+        answers[A.docker_host] = "ConnectionError: refused"
+        await coord.probe_hosts()
+        lost = await coord.release("train:1", "t0")
+        kept = await coord.release("train:1", "t1", setup_failed=True)  # b out by its streak
+        # a retry after the loss starts clean: its own release reports nothing
+        answers[A.docker_host] = None
+        await coord.probe_hosts()
+        assert await coord.acquire("train:1", "t2") == A.docker_host
+        answers[A.docker_host] = "ConnectionError: refused"
+        await coord.probe_hosts()
+        answers[A.docker_host] = None
+        await coord.probe_hosts()
+        assert await coord.reassign("train:1", "t2", setup_failed=False) == B.docker_host
+        return lost, kept, await coord.release("train:1", "t2")
+
+    lost, kept, retried = asyncio.run(go())
+    assert lost == f"{A.docker_host} health check failed: ConnectionError: refused"
+    assert kept is None and retried is None
+
+
 def test_a_probe_that_raises_counts_as_a_failed_check() -> None:
     async def probe(host: FleetHost) -> str | None:
         raise TimeoutError("ping took longer than 10 s")

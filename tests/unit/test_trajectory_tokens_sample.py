@@ -154,6 +154,51 @@ def test_setup_failure_gives_a_masked_placeholder(
     assert failed.reward == 0.0 and failed.metrics["attempts"] == 3.0
     assert failed.metrics["trainable"] == 0.0 and failed.metrics["has_verifier_result"] == 0.0
     assert failed.metrics["tokens_exact"] == 0.0 and failed.metrics["model_calls"] == 0.0
+    # an infrastructure failure: the agent loop raises it, verl leaves it out of its group
+    assert failed.info["infra_failure"] == "sandbox: never started (AgentSetupTimeoutError)"
+    assert failed.metrics["infra_failure"] == 1.0
+
+
+def failed_call(t: int, status: int | None, error_type: str) -> dict[str, Any]:
+    return {
+        "success": False,
+        "request_time": t,
+        "failure": {"status_code": status, "error_type": error_type, "message": "x"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        pytest.param((503, "ServiceUnavailableError"), "serving: 1 model call(s)", id="503"),
+        pytest.param((None, "APIConnectionError"), "serving: 1 model call(s)", id="conn"),
+        pytest.param((504, "Timeout"), "serving: 1 model call(s)", id="504"),
+        # what the policy sent can cause these: its own outcome, trained on
+        pytest.param((500, "InternalServerError"), None, id="500"),
+        pytest.param((400, "BadRequestError"), None, id="400"),
+    ],
+)
+def test_serving_failures_are_infrastructure_but_not_500_or_4xx(
+    tmp_path: Path, failure: tuple[int | None, str], reason: str | None
+) -> None:
+    records = [call(1, [5, 6], [10, 11]), failed_call(2, *failure)]
+    s = sample(trial(tmp_path, records, reward="0"))  # the verifier ran: reward 0
+    got = s.info["infra_failure"]
+    assert (got or None) == reason if reason is None else got.startswith(reason)
+
+
+def test_a_lost_host_is_infrastructure_only_without_a_verifier_result(tmp_path: Path) -> None:
+    lost = trial(tmp_path / "a", [call(1, [5], [9])], reward=None, exception="RuntimeError")
+    lost.host_lost = "tcp://sandbox-a:2376 health check failed: ConnectionError"
+    assert sample(lost).info["infra_failure"] == (
+        "host_lost: tcp://sandbox-a:2376 health check failed: ConnectionError"
+    )
+    done = trial(tmp_path / "b", [call(1, [5], [9])], reward="1")
+    done.host_lost = "tcp://sandbox-a:2376 health check failed: ConnectionError"
+    assert sample(done).info["infra_failure"] is None  # it finished and was scored: trained
+    # the policy's own failure (no reward, host fine) is not an infrastructure failure
+    own = trial(tmp_path / "c", [call(1, [5], [9])], reward=None, exception="RuntimeError")
+    assert sample(own).info["infra_failure"] is None
 
 
 def test_tail_kill_keeps_what_it_sampled(tmp_path: Path) -> None:
@@ -168,6 +213,7 @@ def test_tail_kill_keeps_what_it_sampled(tmp_path: Path) -> None:
     )
     assert killed.termination is Termination.TIMEOUT and killed.metrics["tail_killed"] == 1.0
     assert killed.response_ids == [9, 9] and killed.reward == 0.0  # what it sampled, reward 0
+    assert killed.info["infra_failure"] is None  # too slow is the policy's own outcome
 
 
 def test_names() -> None:

@@ -243,5 +243,9 @@ def test_colocate_async_is_the_sync_command_plus_its_knobs() -> None:
         "trainer.v1.colocate_async.num_warmup_batches=2",
         "trainer.v1.sampler.max_off_policy_threshold=3",
         "trainer.v1.sampler.max_off_policy_strategy=wait",
+        "trainer.v1.sampler.custom_sampler.name=HarborReplayBufferAsync",
     }
-    assert set(sync) - set(colocate) == {"trainer.v1.trainer_mode=sync"}
+    assert set(sync) - set(colocate) == {
+        "trainer.v1.trainer_mode=sync",
+        "trainer.v1.sampler.custom_sampler.name=HarborReplayBuffer",
+    }

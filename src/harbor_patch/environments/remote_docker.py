@@ -26,6 +26,7 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar, override
 
@@ -43,6 +44,12 @@ OVERLAY_NAME = "docker-compose-hvt.json"
 class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
     _daemon: ClassVar[DockerDaemon | None] = None
     _bound: ClassVar[dict[tuple[type, DockerDaemon], type]] = {}
+    # Harbor serializes the builds of one environment with class-level asyncio locks. Here they
+    # are per daemon (each bound subclass has its own map: a fleet builds on its hosts side by
+    # side) and per event loop (an asyncio lock belongs to the loop it first waited in).
+    _build_locks: ClassVar[
+        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]
+    ] = weakref.WeakKeyDictionary()
 
     def __init__(
         self,
@@ -97,12 +104,17 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
                 (cls,),
                 {
                     "_daemon": daemon,
+                    "_build_locks": weakref.WeakKeyDictionary(),
                     "runtime": classmethod(_runtime),
                     "__module__": cls.__module__,
                     "__qualname__": cls.__qualname__,
                 },
             )
         return cls._bound[key]
+
+    @property
+    def _image_build_locks(self) -> dict[str, asyncio.Lock]:
+        return type(self)._build_locks.setdefault(asyncio.get_running_loop(), {})
 
     @property
     def daemon(self) -> DockerDaemon:

@@ -194,6 +194,8 @@ class HarborRuntime(Section):
     tail_kill_target: float = Field(default=1.0, gt=0, le=1)
     tail_kill_grace_sec: Seconds = 180
     tail_kill_min_tasks: Annotated[int, Field(ge=0)] = 32
+    # verl_patch.infra_failure / infra_sampler: the step stops above this fraction
+    max_infra_failure_fraction: float = Field(default=0.25, ge=0, le=1)
 
 
 class Experiment(Section):

@@ -19,6 +19,8 @@ from hvt.config.run_paths import RunPaths
 AGENT_LOOP_NAME = "harbor_claude_code"
 # Where the agent-loop config lives, relative to the bundle (src/verl_patch is installed editable).
 AGENT_LOOP_CONFIG = Path("src/verl_patch/config/agent_loop_config_cc.yaml")
+# verl's replay buffer with the per-step count of infrastructure failures (custom_sampler hook)
+INFRA_SAMPLER = Path("src/verl_patch/infra_sampler.py")
 
 # CPU mode's environment: `hvt launch --cpu` sets it for main_ppo, which forwards it to every Ray
 # worker (runtime_env). verl imports verl_patch.cpu.enable in each process (verl/__init__.py
@@ -264,6 +266,18 @@ def overrides(
         # Hydra's own output (the composed config, its log): in the run's logs, not in the
         # working directory, which the trainer image's user cannot write
         ("hydra.run.dir", str(spec.paths.logs / "hydra" / spec.exp_name)),
+    ]
+    pairs += [
+        ("trainer.v1.sampler.custom_sampler.path", str(spec.bundle / INFRA_SAMPLER)),
+        (
+            "trainer.v1.sampler.custom_sampler.name",
+            "HarborReplayBuffer" if t.mode == "sync" else "HarborReplayBufferAsync",
+        ),
+        ("+trainer.v1.sampler.sampler_kwargs.rollout_n", t.n_resp_per_prompt),
+        (
+            "+trainer.v1.sampler.sampler_kwargs.max_infra_failure_fraction",
+            r.max_infra_failure_fraction,
+        ),
     ]
     if t.mode == "colocate_async":
         pairs += [
