@@ -92,7 +92,8 @@ def test_profiles_add_wandb_and_dashboard() -> None:
 
 
 def test_cpu_mode_drops_the_gpu_and_runs_the_smoke() -> None:
-    services = _config("compose.yaml", "compose.cpu.yaml")["services"]
+    env = {**ENV, "HVT_SMOKE_TLS_DIR": "/srv/hvt/data/docker-tls"}
+    services = _config("compose.yaml", "compose.cpu.yaml", env=env)["services"]
     trainer = services["trainer"]
     assert "deploy" not in trainer or not trainer["deploy"].get("resources")
     assert trainer["command"] == [
@@ -103,6 +104,25 @@ def test_cpu_mode_drops_the_gpu_and_runs_the_smoke() -> None:
     ]
     assert trainer["restart"] == "no"  # hvt smoke stack restarts it once, for the resume
     assert trainer["environment"]["HVT_CONFIG"] == "/workspace/config/smoke.yaml"
+    # the fleet of config/smoke.yaml: two TLS-only daemons the trainer waits for, its client
+    # certificates mounted where docker_hosts[].docker_cert_path points
+    assert set(trainer["depends_on"]) >= {"sandbox-a", "sandbox-b"}
+    tls = [v for v in trainer["volumes"] if v["target"] == "/etc/verl-swe-rl/docker-tls"]
+    assert [(v["source"], v["read_only"]) for v in tls] == [
+        ("/srv/hvt/data/docker-tls/clients", True)
+    ]
+    for name in ("sandbox-a", "sandbox-b"):
+        daemon = services[name]
+        assert "--tlsverify" in daemon["command"] and "-H=tcp://0.0.0.0:2376" in daemon["command"]
+        assert not daemon.get("ports")  # reached on the compose network only
+        certs = [v for v in daemon["volumes"] if v["target"] == "/certs"]
+        assert certs[0]["source"] == f"/srv/hvt/data/docker-tls/{name}"
+    missing = subprocess.run(
+        ["docker", "compose", "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml"),
+         "-f", str(ROOT / "compose.cpu.yaml"), "config"],
+        env=ENV, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "HVT_SMOKE_TLS_DIR" in missing.stderr
 
 
 def test_missing_data_dir_names_the_variable() -> None:

@@ -1,4 +1,4 @@
-"""`hvt smoke`: the CPU smoke (`make smoke`: the stack, its checks) and its TLS certificates."""
+"""`hvt smoke`: the CPU smoke (`make smoke`: the stack with its TLS sandbox daemons, its checks)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from hvt.images import base_images
-from hvt.smoke import report, verify
+from hvt.smoke import report, tls_certs, verify
 
 app = typer.Typer(help="The CPU smoke run (make smoke).", no_args_is_help=True)
 
@@ -64,14 +64,57 @@ RESTART_AFTER = 2  # steps of the first launch; the restarted trainer resumes an
 FIRST_RUN_WAIT_S = 45 * 60
 
 
-def _trainer(client: Any, project: str) -> Any:
+SANDBOX_DAEMONS = ("sandbox-a", "sandbox-b")  # compose.cpu.yaml; config/smoke.yaml's fleet
+
+
+def _service(client: Any, project: str, service: str = "trainer") -> Any:
     found = client.containers.list(
         all=True,
         filters={
-            "label": [f"com.docker.compose.project={project}", "com.docker.compose.service=trainer"]
+            "label": [
+                f"com.docker.compose.project={project}",
+                f"com.docker.compose.service={service}",
+            ]
         },
     )
     return found[0] if found else None
+
+
+def _sandbox_daemons(
+    root: Path, env: dict[str, str], client: Any, project: str, refs: list[str]
+) -> bool:
+    """Start the smoke's TLS sandbox daemons (healthy), then load the images their sandboxes
+    need (the tasks' base, the agent runtime) as `hvt sandbox` would pull them on a real host:
+    there is no registry here."""
+    typer.echo(f"hvt smoke: starting the TLS sandbox daemons {', '.join(SANDBOX_DAEMONS)}")
+    up = subprocess.run(
+        _compose(root, env, "up", "-d", "--wait", *SANDBOX_DAEMONS), env=env, check=False
+    )
+    if up.returncode != 0:
+        typer.echo("hvt smoke: the sandbox daemons did not become healthy", err=True)
+        return False
+    for name in SANDBOX_DAEMONS:
+        container = _service(client, project, name)
+        for ref in refs:
+            started = time.monotonic()
+            typer.echo(f"hvt smoke: loading {ref} into {name}")
+            save = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE)
+            load = subprocess.run(
+                ["docker", "exec", "-i", container.name, "docker", "load", "-q"],
+                stdin=save.stdout,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert save.stdout is not None
+            save.stdout.close()
+            if save.wait() != 0 or load.returncode != 0:
+                typer.echo(
+                    f"hvt smoke: cannot load {ref} into {name}: {load.stderr[-500:]}", err=True
+                )
+                return False
+            typer.echo(f"hvt smoke: {ref} in {name} after {time.monotonic() - started:.0f} s")
+    return True
 
 
 def _follow(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -129,7 +172,7 @@ def _run_and_resume(
     started = time.monotonic()
     try:
         while True:
-            trainer = _trainer(client, project)
+            trainer = _service(client, project)
             trainer.reload()
             if trainer.status == "exited":
                 typer.echo(
@@ -204,6 +247,11 @@ def stack(
         sub.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             os.chown(sub, 1000, 1000)  # the containers' user writes the run directory
+    tls = data / "docker-tls"
+    tls_certs.write_fleet(tls, list(SANDBOX_DAEMONS))
+    if os.geteuid() == 0:  # the trainer's user reads its client keys
+        for path in [tls / "clients", *(tls / "clients").rglob("*")]:
+            os.chown(path, 1000, 1000)
     sock = Path("/var/run/docker.sock")
     env = {
         **os.environ,
@@ -215,14 +263,23 @@ def stack(
         "IMAGE_PREFIX": prefix,
         "IMAGE_TAG": tag,
         "HVT_TASK_BASE_IMAGE": images.python,  # the smoke tasks' BASE_IMAGE (rollout_settings)
+        "HVT_SMOKE_TLS_DIR": str(tls),
     }
     cfg = load(root / SMOKE_CONFIG)
     project_name = cfg.inputs.experiment.project_name
     dashboard_port = int(env.get("DASHBOARD_PORT", "6006"))
     started = time.monotonic()
     typer.echo(f"hvt smoke: starting the CPU stack (project {project}, run dir {data})")
-    up = subprocess.run(_compose(root, env, "up", "-d", "--quiet-pull"), env=env, check=False)
-    code = up.returncode
+    code = (
+        0
+        if _sandbox_daemons(
+            root, env, client, project, [images.python, cfg.inputs.harbor_agent.runtime_image]
+        )
+        else 1
+    )
+    if code == 0:
+        up = subprocess.run(_compose(root, env, "up", "-d", "--quiet-pull"), env=env, check=False)
+        code = up.returncode
     if code == 0:
         code = _run_and_resume(root, env, client, project, data, project_name)
         if code != 0:
@@ -240,6 +297,7 @@ def stack(
             first_run_steps=RESTART_AFTER,
             total_steps=cfg.inputs.training.total_epochs,
             tensorboard=tags,
+            fleet=[h.docker_host for h in cfg.inputs.harbor_agent.docker_hosts or []],
         )
         report.print_report(checks, rows, steps, time.monotonic() - started)
         (data / "smoke-summary.json").write_text(

@@ -25,7 +25,7 @@ def backend(trial_dir: str) -> str:
     kwargs = env.get("kwargs") or {}
     host = kwargs.get("docker_host")
     if host:
-        return f"remote {host}"
+        return "local engine" if str(host).startswith("unix://") else f"TLS {host}"
     kind = env.get("import_path") or env.get("type") or "docker"
     return "local docker" if "docker" in str(kind).lower() else str(kind).rsplit(":", 1)[-1]
 

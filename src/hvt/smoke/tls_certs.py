@@ -2,7 +2,7 @@
 
 A CA, a server certificate with SANs, client certificates. Production hosts get theirs from
 `make provision` (the docker_tls role); this exists so the smoke stack and the tests can stand
-up a real TLS-only daemon without Ansible. `write_daemon_set` lays out what dockerd and a
+up a real TLS-only daemon without Ansible. `write_fleet` lays out what the smoke's daemons and a
 client need.
 """
 
@@ -104,16 +104,18 @@ def self_signed_client(cn: str = "intruder") -> Issued:
     return Issued(cert, key)
 
 
-def write_daemon_set(out: Path, sans: list[str]) -> None:
-    """out/server/{ca,server-cert,server-key}.pem and out/client/{ca,cert,key}.pem (idempotent)."""
-    if (out / "client" / "key.pem").is_file() and (out / "server" / "server-key.pem").is_file():
-        return
+def write_fleet(out: Path, daemons: list[str]) -> None:
+    """One CA for the smoke's sandbox daemons: out/<daemon>/{ca,server-cert,server-key}.pem
+    (server certificate for the daemon's name) and out/clients/<daemon>/{ca,cert,key}.pem (the
+    trainer's client certificate, as harbor_agent.docker_hosts[].docker_cert_path expects)."""
     ca = make_ca("hvt-smoke-ca")
-    server = issue(ca, sans[0], server=True, sans=sans)
-    client = issue(ca, "hvt-trainer", server=False)
     pem = serialization.Encoding.PEM
-    for sub in ("server", "client"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        (out / sub / "ca.pem").write_bytes(ca.cert.public_bytes(pem))
-    server.write(out / "server", "server-cert.pem", "server-key.pem")
-    client.write(out / "client", "cert.pem", "key.pem")
+    for name in daemons:
+        server_dir, client_dir = out / name, out / "clients" / name
+        for d in (server_dir, client_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "ca.pem").write_bytes(ca.cert.public_bytes(pem))
+        issue(ca, name, server=True, sans=[name]).write(
+            server_dir, "server-cert.pem", "server-key.pem"
+        )
+        issue(ca, "hvt-trainer", server=False).write(client_dir, "cert.pem", "key.pem")

@@ -13,6 +13,7 @@ import json
 import re
 import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def verify(
     first_run_steps: int,
     total_steps: int,
     tensorboard: dict[str, int] | None,
+    fleet: list[str] | None = None,
 ) -> tuple[list[Check], list[dict[str, Any]], dict[int, dict[str, str]]]:
     """The checks, the rollouts and verl's step lines of the smoke's experiment."""
     paths = RunPaths(workdir, project, "")
@@ -159,6 +161,24 @@ def verify(
             bool(rows) and bool(exact),
             f"{len(rows)} rollouts over steps {sorted({int(r.get('step') or 0) for r in rows})}, "
             f"{len(exact)} with exact tokens from the proxy's trajectories",
+        )
+    )
+    if fleet:
+        served = Counter(h for r in rows for h in (r.get("sandbox_hosts") or [])[-1:])
+        checks.append(
+            Check(
+                "sandbox fleet",
+                all(served[h] for h in fleet),
+                ", ".join(f"{h}: {served[h]} trials" for h in fleet),
+            )
+        )
+    infra = [r for r in rows if r.get("infra_failure")]
+    checks.append(
+        Check(
+            "no infrastructure failure",
+            not infra,
+            f"{len(infra)} rollouts left out of the loss"
+            + "".join(f"; {r.get('trial_dir')}: {r['infra_failure']}" for r in infra[:3]),
         )
     )
     if tensorboard is not None:
