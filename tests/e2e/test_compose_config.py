@@ -92,7 +92,11 @@ def test_profiles_add_wandb_and_dashboard() -> None:
 
 
 def test_cpu_mode_drops_the_gpu_and_runs_the_smoke() -> None:
-    env = {**ENV, "HVT_SMOKE_TLS_DIR": "/srv/hvt/data/docker-tls"}
+    env = {
+        **ENV,
+        "HVT_SMOKE_TLS_DIR": "/srv/hvt/data/docker-tls",
+        "HVT_SANDBOX_DOCKERD_IMAGE": "local/dockerd:bookworm",
+    }
     services = _config("compose.yaml", "compose.cpu.yaml", env=env)["services"]
     trainer = services["trainer"]
     assert "deploy" not in trainer or not trainer["deploy"].get("resources")

@@ -62,6 +62,10 @@ def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
     server.write(server_dir, "server-cert.pem", "server-key.pem")
     other_ca = make_ca("someone-else-ca")
     port = free_port()
+    name = f"hvt-tlsd-{uuid.uuid4().hex[:8]}"
+    # overlay2 needs a data root that is not itself overlayfs: a volume of its own (vfs, the
+    # fallback, copies every image layer in full and made loads and sandbox starts slow)
+    data = local.volumes.create(f"{name}-data", labels={"hvt-test": "tls-dockerd"})
     container = local.containers.run(
         DOCKERD_IMAGE,
         [
@@ -70,9 +74,9 @@ def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
             "--tlscert=/certs/server-cert.pem",
             "--tlskey=/certs/server-key.pem",
             "-H=tcp://0.0.0.0:2376",
-            "--storage-driver=vfs",
+            "--storage-driver=overlay2",
         ],
-        name=f"hvt-tlsd-{uuid.uuid4().hex[:8]}",
+        name=name,
         detach=True,
         cap_add=["ALL"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
@@ -80,6 +84,7 @@ def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
         volumes={
             str(server_dir): {"bind": "/certs", "mode": "ro"},
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            data.name: {"bind": "/var/lib/docker", "mode": "rw"},
         },
         tmpfs={"/run": ""},
         ports={"2376/tcp": ("127.0.0.1", port)},
@@ -111,3 +116,4 @@ def tls_dockerd(root: Path) -> Iterator[TlsDaemon]:
         )
     finally:
         container.remove(force=True, v=True)
+        data.remove(force=True)

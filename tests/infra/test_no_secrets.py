@@ -3,11 +3,19 @@
 The build reaches PyPI/npm/Debian through this machine's CA bundle, passed as the BuildKit secret
 `build_ca`. Every layer of every image (`docker save`) is scanned for that bundle and for the
 certificates only this machine trusts; the image config and history must not mention them.
+
+A layer is identified by its content hash (the sha256 of its tar, which is its `diff_id`), so a
+clean verdict holds for that content for good: verdicts are kept per scanner and per set of
+markers (this file's text, this machine's bundle and extra certificates) under
+$HVT_LAYER_SCAN_CACHE (default ~/.cache/hvt/layer-scan), and only layers without one are read.
+The hash is computed from the bytes actually scanned, never taken from a name. A new machine
+has no verdicts and scans everything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import tarfile
@@ -72,34 +80,99 @@ def _scan_layer(stream: IO[bytes], bundle_sha: str, markers: set[bytes]) -> list
     return found
 
 
-def _scan_image(image: str, bundle_sha: str, markers: set[bytes]) -> list[str]:
-    """Stream `docker save` and scan each layer tar as it passes (no copy on disk)."""
+class _Hashing:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return "sha256:" + self.sha.hexdigest()
+
+
+def _verdicts(bundle_sha: str, markers: set[bytes]) -> Path:
+    key = hashlib.sha256(Path(__file__).read_bytes() + bundle_sha.encode())
+    for marker in sorted(markers):
+        key.update(marker)
+    root = os.environ.get("HVT_LAYER_SCAN_CACHE") or Path.home() / ".cache" / "hvt" / "layer-scan"
+    return Path(root) / key.hexdigest()[:24]
+
+
+def _scan_image(image: str, bundle_sha: str, markers: set[bytes]) -> tuple[list[str], int]:
+    """Stream `docker save` and scan each layer tar as it passes (no copy on disk), except the
+    layers with a clean verdict; returns the hits and the number of layers read."""
+    layers = set(inspect(image)["RootFS"]["Layers"])
+    verdicts = _verdicts(bundle_sha, markers)
+    clean = {f"sha256:{p.name}" for p in verdicts.glob("*")} & layers
+    if clean == layers:
+        return [], 0
     proc = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     found: list[str] = []
+    scanned = 0
     with tarfile.open(fileobj=proc.stdout, mode="r|") as outer:
         for member in outer:
             if not member.isfile():
                 continue
+            if member.name.startswith("blobs/sha256/") and (
+                "sha256:" + member.name.rsplit("/", 1)[-1] in clean
+            ):
+                continue  # this content was scanned clean before (checked by its hash below)
             inner = outer.extractfile(member)
             if inner is None:
                 continue
             if member.name.endswith((".tar", "/layer.tar")) or member.name.startswith("blobs/"):
+                stream = _Hashing(inner)
                 try:
-                    found += [
-                        f"{member.name} {hit}" for hit in _scan_layer(inner, bundle_sha, markers)
-                    ]
+                    hits = _scan_layer(stream, bundle_sha, markers)  # type: ignore[arg-type]
                 except tarfile.ReadError:
                     continue  # a config or manifest blob, not a layer
+                digest = stream.drain()
+                scanned += digest in layers
+                found += [f"{member.name} {hit}" for hit in hits]
+                if not hits and digest in layers:
+                    verdicts.mkdir(parents=True, exist_ok=True)
+                    (verdicts / digest.removeprefix("sha256:")).touch()
     assert proc.wait() == 0
-    return found
+    return found, scanned
 
 
 @pytest.mark.parametrize("target", ["agent-runtime", "proxy", "trainer"])
 def test_no_machine_ca_or_secret_in_any_layer(images: dict[str, str], target: str) -> None:
     bundle_sha, markers = _machine_markers()
-    found = _scan_image(images[target], bundle_sha, markers)
+    found, _read = _scan_image(images[target], bundle_sha, markers)
     assert not found, "\n".join(found[:20])
+
+
+def test_the_scan_finds_a_planted_bundle_in_a_new_layer(
+    images: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan can fail: an image with this machine's bundle in a layer of its own is caught,
+    also when every other layer has a clean verdict."""
+    bundle_sha, markers = _machine_markers()
+    monkeypatch.setenv("HVT_LAYER_SCAN_CACHE", str(tmp_path / "verdicts"))
+    base = images["agent-runtime"]
+    assert _scan_image(base, bundle_sha, markers)[0] == []  # verdicts for every base layer
+    tag = f"hvt-test/planted-ca:{os.getpid()}"
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base}\nCOPY bundle.pem /usr/share/doc/bundle.pem\n"
+    )
+    (tmp_path / "bundle.pem").write_bytes(HOST_CA.read_bytes())
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path)], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        found, read = _scan_image(tag, bundle_sha, markers)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+    assert read == 1  # only the new layer was read
+    assert any("usr/share/doc/bundle.pem: this machine's CA bundle" in hit for hit in found)
 
 
 @pytest.mark.parametrize("target", ["agent-runtime", "proxy", "trainer"])
