@@ -4,21 +4,25 @@ The build reaches PyPI/npm/Debian through this machine's CA bundle, passed as th
 `build_ca`. Every layer of every image (`docker save`) is scanned for that bundle and for the
 certificates only this machine trusts; the image config and history must not mention them.
 
-A layer is identified by its content hash (the sha256 of its tar, which is its `diff_id`), so a
-clean verdict holds for that content for good: verdicts are kept per scanner and per set of
-markers (this file's text, this machine's bundle and extra certificates) under
-$HVT_LAYER_SCAN_CACHE (default ~/.cache/hvt/layer-scan), and only layers without one are read.
-The hash is computed from the bytes actually scanned, never taken from a name. A new machine
-has no verdicts and scans everything.
+Each layer is read where the engine keeps it: on overlay2, its directory in the data root (the
+layer store maps the layer's content hash, its `diff_id`, to that directory); elsewhere, or when
+that is not readable, the layer's tar in `docker save`, whose hash is computed from the bytes
+read. A layer's verdict is kept by that content hash, per scanner and per set of markers (this
+file's text, this machine's bundle and extra certificates), under $HVT_LAYER_SCAN_CACHE (default
+~/.cache/hvt/layer-scan): identical content needs no second look, so a rebuilt image costs only
+its new layers. A new machine has no verdicts and reads everything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import stat
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -61,23 +65,80 @@ def _machine_markers() -> tuple[str, set[bytes]]:
 MAX_SCANNED = 8 << 20
 
 
+def _check_file(name: str, read: Callable[[], bytes], size: int, bundle_sha: str,
+                markers: set[bytes]) -> list[str]:  # fmt: skip
+    found = []
+    if "build_ca" in name or name.startswith("run/secrets"):
+        found.append(f"{name}: a build secret path")
+    if size == 0 or size > MAX_SCANNED:
+        return found
+    content = read()
+    if hashlib.sha256(content).hexdigest() == bundle_sha:
+        found.append(f"{name}: this machine's CA bundle")
+    elif b"BEGIN CERTIFICATE" in content and any(m in content for m in markers):
+        found.append(f"{name}: a certificate only this machine trusts")
+    return found
+
+
 def _scan_layer(stream: IO[bytes], bundle_sha: str, markers: set[bytes]) -> list[str]:
     found = []
     with tarfile.open(fileobj=stream, mode="r|*") as layer:
         for member in layer:
-            if "build_ca" in member.name or member.name.startswith("run/secrets"):
-                found.append(f"{member.name}: a build secret path")
-            if not member.isfile() or member.size == 0 or member.size > MAX_SCANNED:
+            if not member.isfile():
+                found += _check_file(member.name, bytes, 0, bundle_sha, markers)
                 continue
             data = layer.extractfile(member)
-            if data is None:
-                continue
-            content = data.read()
-            if hashlib.sha256(content).hexdigest() == bundle_sha:
-                found.append(f"{member.name}: this machine's CA bundle")
-            elif b"BEGIN CERTIFICATE" in content and any(m in content for m in markers):
-                found.append(f"{member.name}: a certificate only this machine trusts")
+            if data is not None:
+                found += _check_file(member.name, data.read, member.size, bundle_sha, markers)
     return found
+
+
+def _scan_dir(root: Path, bundle_sha: str, markers: set[bytes]) -> list[str]:
+    """A layer as overlay2 stores it: its files (whiteouts are device nodes, not read)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        for name in [*filenames, *dirnames]:
+            path = base / name
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            found += _check_file(rel, path.read_bytes, size, bundle_sha, markers)
+    return found
+
+
+def _layer_dirs(image: str) -> dict[str, Path]:
+    """diff_id -> the layer's directory, from overlay2's layer store; {} where the engine keeps
+    layers otherwise (another driver, the containerd store) or the data root is not readable."""
+    info = json.loads(
+        subprocess.run(
+            ["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    root = Path(info.get("DockerRootDir") or "/var/lib/docker")
+    layerdb = root / "image" / "overlay2" / "layerdb" / "sha256"
+    if info.get("Driver") != "overlay2" or not os.access(layerdb, os.R_OK | os.X_OK):
+        return {}
+    dirs: dict[str, Path] = {}
+    chain = ""
+    for diff_id in inspect(image)["RootFS"]["Layers"]:
+        # the OCI chain id: the first layer's diff_id, then sha256("<parent chain> <diff_id>")
+        chain = (
+            diff_id
+            if not chain
+            else "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
+        )
+        meta = layerdb / chain.removeprefix("sha256:")
+        try:
+            if (meta / "diff").read_text().strip() != diff_id:
+                return {}
+            directory = root / "overlay2" / (meta / "cache-id").read_text().strip() / "diff"
+        except OSError:
+            return {}
+        if not directory.is_dir():
+            return {}
+        dirs[diff_id] = directory
+    return dirs
 
 
 class _Hashing:
@@ -105,17 +166,34 @@ def _verdicts(bundle_sha: str, markers: set[bytes]) -> Path:
     return Path(root) / key.hexdigest()[:24]
 
 
-def _scan_image(image: str, bundle_sha: str, markers: set[bytes]) -> tuple[list[str], int]:
-    """Stream `docker save` and scan each layer tar as it passes (no copy on disk), except the
-    layers with a clean verdict; returns the hits and the number of layers read."""
+def _scan_image(
+    image: str, bundle_sha: str, markers: set[bytes], use_save: bool = False
+) -> tuple[list[str], int]:
+    """Scan every layer of the image without a clean verdict: its directory (overlay2), else
+    its tar in `docker save` streamed as it passes (no copy on disk). Returns the hits and
+    the number of layers read."""
     layers = set(inspect(image)["RootFS"]["Layers"])
     verdicts = _verdicts(bundle_sha, markers)
     clean = {f"sha256:{p.name}" for p in verdicts.glob("*")} & layers
+
+    def record(diff_id: str, hits: list[str]) -> None:
+        if not hits and diff_id in layers:
+            verdicts.mkdir(parents=True, exist_ok=True)
+            (verdicts / diff_id.removeprefix("sha256:")).touch()
+
     if clean == layers:
         return [], 0
+    dirs = {} if use_save else _layer_dirs(image)
+    if dirs:
+        found: list[str] = []
+        for diff_id in sorted(layers - clean):
+            hits = _scan_dir(dirs[diff_id], bundle_sha, markers)
+            found += [f"{diff_id} {hit}" for hit in hits]
+            record(diff_id, hits)
+        return found, len(layers - clean)
     proc = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    found: list[str] = []
+    found = []
     scanned = 0
     with tarfile.open(fileobj=proc.stdout, mode="r|") as outer:
         for member in outer:
@@ -137,9 +215,7 @@ def _scan_image(image: str, bundle_sha: str, markers: set[bytes]) -> tuple[list[
                 digest = stream.drain()
                 scanned += digest in layers
                 found += [f"{member.name} {hit}" for hit in hits]
-                if not hits and digest in layers:
-                    verdicts.mkdir(parents=True, exist_ok=True)
-                    (verdicts / digest.removeprefix("sha256:")).touch()
+                record(digest, hits)
     assert proc.wait() == 0
     return found, scanned
 
@@ -160,6 +236,7 @@ def test_the_scan_finds_a_planted_bundle_in_a_new_layer(
     monkeypatch.setenv("HVT_LAYER_SCAN_CACHE", str(tmp_path / "verdicts"))
     base = images["agent-runtime"]
     assert _scan_image(base, bundle_sha, markers)[0] == []  # verdicts for every base layer
+    assert _scan_image(base, bundle_sha, markers)[1] == 0  # nothing read twice
     tag = f"hvt-test/planted-ca:{os.getpid()}"
     (tmp_path / "Dockerfile").write_text(
         f"FROM {base}\nCOPY bundle.pem /usr/share/doc/bundle.pem\n"
@@ -168,11 +245,13 @@ def test_the_scan_finds_a_planted_bundle_in_a_new_layer(
     subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path)], check=True,
                    capture_output=True)  # fmt: skip
     try:
-        found, read = _scan_image(tag, bundle_sha, markers)
+        # both ways of reading a layer: its directory (overlay2, when readable) and docker save
+        results = [_scan_image(tag, bundle_sha, markers, use_save=s) for s in (False, True)]
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
-    assert read == 1  # only the new layer was read
-    assert any("usr/share/doc/bundle.pem: this machine's CA bundle" in hit for hit in found)
+    for found, read in results:
+        assert read == 1  # only the new layer was read
+        assert any("usr/share/doc/bundle.pem: this machine's CA bundle" in h for h in found)
 
 
 @pytest.mark.parametrize("target", ["agent-runtime", "proxy", "trainer"])

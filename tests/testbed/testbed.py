@@ -1,7 +1,9 @@
 """Prepare a machine with no GPU and no registry for the test suite (shared TESTBED.md).
 
 Idempotent: a Docker engine with Compose v2 and buildx, running; the local stand-in images
-`local/debian:bookworm`, `local/python:3.12-bookworm` and `local/debian-systemd:bookworm`.
+`local/debian:bookworm`, `local/python:3.12-bookworm`, `local/debian-systemd:bookworm`,
+`local/dockerd:bookworm` (the TLS sandbox daemons) and `local/chromium:bookworm` (the smoke's
+TensorBoard screenshot).
 A second run changes nothing and takes a few seconds.
 
 Usage: python tests/testbed/testbed.py [--rebuild]
@@ -25,6 +27,7 @@ DEBIAN_IMAGE = "local/debian:bookworm"
 PYTHON_IMAGE = "local/python:3.12-bookworm"
 SYSTEMD_IMAGE = "local/debian-systemd:bookworm"
 DOCKERD_IMAGE = "local/dockerd:bookworm"
+CHROMIUM_IMAGE = "local/chromium:bookworm"  # the smoke's TensorBoard screenshot
 DOCKERD_LOG = Path("/var/log/dockerd.log")
 APT_SOURCES = Path("/etc/apt/sources.list.d")
 # Only these three come from trixie (`pkg/trixie` selects the package alone); every dependency
@@ -290,6 +293,7 @@ def main() -> int:
     build_python(args.rebuild)
     build_from(SYSTEMD_IMAGE, "systemd.Dockerfile", args.rebuild)
     build_from(DOCKERD_IMAGE, "dockerd.Dockerfile", args.rebuild)
+    build_from(CHROMIUM_IMAGE, "chromium.Dockerfile", args.rebuild)
     say(f"ready in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -179,6 +179,42 @@ def _dashboard_tags(root: Path, env: dict[str, str], port: int) -> dict[str, int
     return {}
 
 
+SCREENSHOT_IMAGE = "local/chromium:bookworm"  # make testbed (tests/testbed/chromium.Dockerfile)
+
+
+def _screenshot(client: Any, project: str, data: Path) -> verify.Check:
+    """One headless-chromium screenshot of the dashboard's charts: <run>/tensorboard.png."""
+    image = os.environ.get("HVT_SCREENSHOT_IMAGE", SCREENSHOT_IMAGE)
+    if not client.images.list(name=image):
+        return verify.Check(
+            "dashboard screenshot", False, f"no image {image} (fix: make testbed builds it)"
+        )
+    out = data / "tensorboard.png"
+    typer.echo(f"hvt smoke: screenshot of the dashboard's charts -> {out}")
+    command = [
+        "docker", "run", "--rm", "--network", f"{project}_default",
+        "--user", f"{data.stat().st_uid}:{data.stat().st_gid}",
+        "-v", f"{data}:/out", image,
+        "--window-size=1600,1100", "--virtual-time-budget=30000",
+        "--screenshot=/out/tensorboard.png",
+        "http://dashboard:6006/?darkMode=false#timeseries",
+    ]  # fmt: skip
+    shot = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    if shot.returncode != 0:
+        return verify.Check(
+            "dashboard screenshot",
+            False,
+            f"chromium exited {shot.returncode}: {shot.stderr[-400:]}",
+        )
+    return verify.screenshot(out)
+
+
 def _run_and_resume(
     root: Path, env: dict[str, str], client: Any, project: str, data: Path, project_name: str
 ) -> int:
@@ -307,6 +343,7 @@ def stack(
                f"{time.monotonic() - started:.0f} s")  # fmt: skip
     if code == 0:
         tags = _dashboard_tags(root, env, dashboard_port)
+        shot = _screenshot(client, project, data)
         checks, rows, steps = verify.verify(
             data,
             project_name,
@@ -315,6 +352,7 @@ def stack(
             tensorboard=tags,
             fleet=[h.docker_host for h in cfg.inputs.harbor_agent.docker_hosts or []],
         )
+        checks.append(shot)
         report.print_report(checks, rows, steps, time.monotonic() - started)
         (data / "smoke-summary.json").write_text(
             json.dumps(

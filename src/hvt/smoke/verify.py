@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import urllib.parse
 import urllib.request
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,3 +194,30 @@ def verify(
             )
         )
     return checks, rows, steps
+
+
+def screenshot(path: Path, min_colours: int = 32) -> Check:
+    """The dashboard's screenshot: a PNG of the expected size that shows something (charts
+    render in many shades; an empty or error page in a handful)."""
+    if not path.is_file():
+        return Check("dashboard screenshot", False, f"{path} was not written")
+    data = path.read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR":
+        return Check("dashboard screenshot", False, f"{path} is not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    pixels, pos = bytearray(), 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"IDAT":
+            pixels += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    try:
+        shades = len(set(zlib.decompress(bytes(pixels))))
+    except zlib.error:
+        shades = 0
+    return Check(
+        "dashboard screenshot",
+        shades >= min_colours,
+        f"{path}: {width}x{height} PNG, {len(data) // 1024} KiB, {shades} distinct byte values"
+        + ("" if shades >= min_colours else f" (fewer than {min_colours}: a blank page?)"),
+    )
