@@ -117,6 +117,7 @@ def test_cpu_mode_drops_the_gpu_and_runs_the_smoke() -> None:
     ]
     for name in ("sandbox-a", "sandbox-b"):
         daemon = services[name]
+        assert daemon["entrypoint"] == ["dockerd"]  # not the dind image's entrypoint script
         assert "--tlsverify" in daemon["command"] and "-H=tcp://0.0.0.0:2376" in daemon["command"]
         assert not daemon.get("ports")  # reached on the compose network only
         certs = [v for v in daemon["volumes"] if v["target"] == "/certs"]
