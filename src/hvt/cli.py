@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from hvt import __version__
-from hvt.commands import config, images, preflight, proxy, repos, run, smoke
+from hvt.commands import config, images, preflight, proxy, repos, run, sandbox, smoke
 
 app = typer.Typer(
     name="hvt",
@@ -19,6 +19,7 @@ run.register(app)
 proxy.register(app)
 repos.register(app)
 images.register(app)
+sandbox.register(app)
 smoke.register(app)
 
 

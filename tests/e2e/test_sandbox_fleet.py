@@ -10,6 +10,7 @@ stopping that container is a host dying. The run's coordinator is the one the ag
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,43 @@ def test_a_daemon_dying_mid_step_loses_no_trial_and_no_reward(
     assert all(r.hosts[-1] == survivor.host for r in moved), [r.hosts for r in moved]
     assert out.get(dying.host, "").startswith("health check failed"), out
     assert _labelled(survivor, prefix) == []
+
+
+def test_sandbox_check_runs_the_oracle_on_every_host(
+    tmp_path: Path, daemons: list[TlsDaemon]
+) -> None:
+    """`hvt sandbox check` on the fleet: each task once per host, each host within its limit,
+    the table naming each host; every oracle trial gets reward 1."""
+    prefix = f"hvt-fleet-{uuid.uuid4().hex[:6]}"
+    tasks = tmp_path / "tasks"
+    shutil.copytree(TASKS / "write-answer", tasks / "write-answer")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            filled_config(
+                **{
+                    "runtime_info.input.harbor_agent.pod_name_prefix": prefix,
+                    "runtime_info.input.harbor_agent.runtime_image": "",
+                    "runtime_info.input.harbor_agent.environment_override_memory_mb": 512,
+                    "runtime_info.input.harbor_agent.environment_import_path": REMOTE,
+                    "runtime_info.input.harbor_agent.docker_hosts": [
+                        {"docker_host": d.host, "docker_cert_path": str(d.good_client),
+                         "max_concurrent_trials": 1}
+                        for d in daemons
+                    ],
+                }
+            )
+        )
+    )  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["sandbox", "check", "--config", str(config), "--tasks", str(tasks),
+         "--trials-dir", str(tmp_path / "trials")],
+    )  # fmt: skip
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "oracle on 1 task(s) x 2 host(s)" in said
+    assert "2 of 2 oracle trials got reward 1" in said
+    for daemon in daemons:
+        assert daemon.host in said
+        assert _labelled(daemon, prefix) == []

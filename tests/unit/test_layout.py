@@ -25,13 +25,24 @@ PARTS = (
     "proxy",
     "preflight",
     "run",
+    "sandbox",
     "smoke",
     "commands",
 )
 TOP = {"hvt": "root", "hvt.cli": "cli", "hvt.ownership": "leaf", "hvt.docker_remote": "leaf"}
 
 LEAF = {"leaf"}
-ALL_PARTS = {"config", "repos", "images", "trajectory", "proxy", "preflight", "run", "smoke"}
+ALL_PARTS = {
+    "config",
+    "repos",
+    "images",
+    "trajectory",
+    "proxy",
+    "preflight",
+    "run",
+    "sandbox",
+    "smoke",
+}
 # part -> the parts it may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "root": set(),
@@ -43,6 +54,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "proxy": {"config", "trajectory"} | LEAF,
     "preflight": {"config", "repos"} | LEAF,
     "run": {"config", "preflight", "proxy", "repos"} | LEAF,
+    # Harbor trials as the agent loop runs them, from the operator's side (hvt sandbox)
+    "sandbox": {"config", "run"} | LEAF | {"verl_patch", "harbor_patch"},
     "smoke": ALL_PARTS - {"smoke"} | LEAF | {"verl_patch", "harbor_patch"},
     "commands": ALL_PARTS | LEAF | {"root"},  # the command line: the only importer of smoke
     "cli": {"commands", "root"},

@@ -215,6 +215,25 @@ def _screenshot(client: Any, project: str, data: Path) -> verify.Check:
     return verify.screenshot(out)
 
 
+def _oracle(root: Path, env: dict[str, str]) -> verify.Check:
+    """`hvt sandbox check` in a trainer container: Harbor's oracle on each smoke task on every
+    host of the fleet, so each verifier is seen to give reward 1 (the tiny model never does)."""
+    typer.echo("hvt smoke: the oracle on every smoke task and sandbox host (hvt sandbox check)")
+    command = _compose(
+        root, env, "run", "--rm", "--no-deps", "-T", "trainer", "sandbox", "check",
+        "--config", f"/workspace/{SMOKE_CONFIG}", "--tasks", "/workspace/config/smoke-tasks",
+    )  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    said = run.stdout + run.stderr
+    typer.echo(said[-3000:])
+    summary = next(
+        (ln.strip() for ln in said.splitlines() if "oracle trials got reward 1" in ln), ""
+    )
+    return verify.Check(
+        "oracle", run.returncode == 0, summary or f"hvt sandbox check exited {run.returncode}"
+    )
+
+
 def _run_and_resume(
     root: Path, env: dict[str, str], client: Any, project: str, data: Path, project_name: str
 ) -> int:
@@ -344,6 +363,7 @@ def stack(
     if code == 0:
         tags = _dashboard_tags(root, env, dashboard_port)
         shot = _screenshot(client, project, data)
+        oracle = _oracle(root, env)
         checks, rows, steps = verify.verify(
             data,
             project_name,
@@ -352,7 +372,7 @@ def stack(
             tensorboard=tags,
             fleet=[h.docker_host for h in cfg.inputs.harbor_agent.docker_hosts or []],
         )
-        checks.append(shot)
+        checks += [shot, oracle]
         report.print_report(checks, rows, steps, time.monotonic() - started)
         (data / "smoke-summary.json").write_text(
             json.dumps(
