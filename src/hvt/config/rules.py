@@ -35,6 +35,15 @@ def _training_mode(cfg: RunConfig) -> list[Problem]:
                 "use colocate_async on shared GPUs, or sync",
             )
         )
+    if t.mode == "colocate_async" and t.max_off_policy_threshold < 2:
+        out.append(
+            Problem(
+                f"{P}.training.max_off_policy_threshold",
+                "1 weight version per trial: every trial carried into the next step spans 2, so "
+                f"{t.max_off_policy_strategy!r} would discard or block all the work async overlaps",
+                "use 2 or more (a trial may span the step it started in and the next), or sync",
+            )
+        )
     if t.mode != "sync" and r.tail_kill_target < 1.0:
         out.append(
             Problem(
