@@ -29,7 +29,13 @@ PARTS = (
     "smoke",
     "commands",
 )
-TOP = {"hvt": "root", "hvt.cli": "cli", "hvt.ownership": "leaf", "hvt.docker_remote": "leaf"}
+TOP = {
+    "hvt": "root",
+    "hvt.cli": "cli",
+    "hvt.ownership": "leaf",
+    "hvt.docker_remote": "leaf",
+    "hvt.secret_env": "leaf",
+}
 
 LEAF = {"leaf"}
 ALL_PARTS = {
@@ -46,7 +52,7 @@ ALL_PARTS = {
 # part -> the parts it may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "root": set(),
-    "leaf": set(),  # hvt.ownership, hvt.docker_remote: nothing of ours
+    "leaf": set(),  # hvt.ownership, hvt.docker_remote, hvt.secret_env: nothing of ours
     "config": set(),  # nothing of ours
     "repos": {"config"} | LEAF,
     "images": {"config"} | LEAF,

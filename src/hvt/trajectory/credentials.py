@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hvt.secret_env import read_secret
+
 PREFIX = "hvt1"
 SIGNING_KEY_ENV = "HVT_PROXY_SIGNING_KEY"
 SIGNING_KEY_FILE_ENV = "HVT_PROXY_SIGNING_KEY_FILE"
@@ -52,30 +54,17 @@ class Claims:
 
 
 def signing_key(env: Mapping[str, str]) -> bytes:
-    direct = env.get(SIGNING_KEY_ENV, "").strip()
-    file_name = env.get(SIGNING_KEY_FILE_ENV, "")
-    from_file = ""
-    if file_name:
-        try:
-            from_file = Path(file_name).read_text().strip()
-        except OSError as exc:
-            raise SigningKeyError(
-                f"{SIGNING_KEY_FILE_ENV}={file_name} cannot be read: {exc.strerror} (mount the "
-                f"compose secret proxy_signing_key there; `make secrets` creates it)"
-            ) from None
-    if direct and from_file and direct != from_file:
-        raise SigningKeyError(f"{SIGNING_KEY_ENV} and {SIGNING_KEY_FILE_ENV} differ; set one")
-    key = direct or from_file
-    if not key:
-        raise SigningKeyError(
-            f"no signing secret for trial credentials: set {SIGNING_KEY_FILE_ENV} (e.g. "
-            f"/run/secrets/proxy_signing_key, made by `make secrets`) or {SIGNING_KEY_ENV}"
-        )
-    if len(key) < MIN_KEY_LENGTH:
-        raise SigningKeyError(
-            f"the signing secret is {len(key)} characters long; use at least {MIN_KEY_LENGTH}"
-        )
-    return key.encode()
+    return read_secret(
+        env,
+        SIGNING_KEY_ENV,
+        SIGNING_KEY_FILE_ENV,
+        error=SigningKeyError,
+        mount_hint="mount the compose secret proxy_signing_key there; `make secrets` creates it",
+        missing=f"no signing secret for trial credentials: set {SIGNING_KEY_FILE_ENV} (e.g. "
+        f"/run/secrets/proxy_signing_key, made by `make secrets`) or {SIGNING_KEY_ENV}",
+        min_length=MIN_KEY_LENGTH,
+        what="signing secret",
+    ).encode()
 
 
 def _b64(data: bytes) -> str:
