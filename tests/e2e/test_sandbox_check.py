@@ -21,20 +21,16 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 TASKS = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"
 
 
-def _config(tmp_path: Path, prefix: str) -> Path:
+def check_config(tmp_path: Path, prefix: str, **keys: object) -> Path:
+    """A filled config for oracle trials (no agent runtime), plus `keys` (dotted paths)."""
     config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            filled_config(
-                **{
-                    "runtime_info.input.harbor_agent.pod_name_prefix": prefix,
-                    "runtime_info.input.harbor_agent.runtime_image": "",
-                    "runtime_info.input.harbor_agent.environment_override_memory_mb": 512,
-                    "runtime_info.input.harbor_runtime.num_workers": 2,
-                }
-            )
-        )
-    )
+    base = {
+        "runtime_info.input.harbor_agent.pod_name_prefix": prefix,
+        "runtime_info.input.harbor_agent.runtime_image": "",
+        "runtime_info.input.harbor_agent.environment_override_memory_mb": 512,
+        "runtime_info.input.harbor_runtime.num_workers": 2,
+    }
+    config.write_text(yaml.safe_dump(filled_config(**{**base, **keys})))
     return config
 
 
@@ -47,7 +43,7 @@ def test_the_oracle_passes_a_solvable_task_and_names_an_unsolvable_one(
     prefix = f"hvt-e2e-check-{uuid.uuid4().hex[:6]}"
     result = CliRunner().invoke(
         app,
-        ["sandbox", "check", "--config", str(_config(tmp_path, prefix)), "--tasks", str(tasks),
+        ["sandbox", "check", "--config", str(check_config(tmp_path, prefix)), "--tasks", str(tasks),
          "--trials-dir", str(tmp_path / "trials")],
     )  # fmt: skip
     said = " ".join(result.output.split())
@@ -60,7 +56,7 @@ def test_the_oracle_passes_a_solvable_task_and_names_an_unsolvable_one(
     shutil.copytree(TASKS / "write-answer", only_good / "write-answer")
     ok = CliRunner().invoke(
         app,
-        ["sandbox", "check", "--config", str(_config(tmp_path, prefix)), "--tasks",
+        ["sandbox", "check", "--config", str(check_config(tmp_path, prefix)), "--tasks",
          str(only_good), "--trials-dir", str(tmp_path / "trials")],
     )  # fmt: skip
     assert ok.exit_code == 0, ok.output
@@ -70,7 +66,7 @@ def test_the_oracle_passes_a_solvable_task_and_names_an_unsolvable_one(
 def test_a_tasks_directory_without_tasks_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
-        ["sandbox", "check", "--config", str(_config(tmp_path, "hvt-x")), "--tasks",
+        ["sandbox", "check", "--config", str(check_config(tmp_path, "hvt-x")), "--tasks",
          str(tmp_path / "missing")],
     )  # fmt: skip
     assert result.exit_code == 2

@@ -25,6 +25,7 @@ from harbor_patch.environments.docker_daemon import DockerDaemon
 from hvt.cli import app
 from tests.conftest import filled_config
 from tests.e2e.test_harbor_remote_docker import BASE, REMOTE, TASKS, build_mini
+from tests.e2e.test_sandbox_check import check_config
 from tests.helpers.prerequisites import require_images
 from tests.helpers.tls_dockerd import DOCKERD_IMAGE, TlsDaemon, tls_dockerd
 from verl_patch import harbor_trial
@@ -215,24 +216,18 @@ def test_sandbox_check_runs_the_oracle_on_every_host(
     prefix = f"hvt-fleet-{uuid.uuid4().hex[:6]}"
     tasks = tmp_path / "tasks"
     shutil.copytree(TASKS / "write-answer", tasks / "write-answer")
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            filled_config(
-                **{
-                    "runtime_info.input.harbor_agent.pod_name_prefix": prefix,
-                    "runtime_info.input.harbor_agent.runtime_image": "",
-                    "runtime_info.input.harbor_agent.environment_override_memory_mb": 512,
-                    "runtime_info.input.harbor_agent.environment_import_path": REMOTE,
-                    "runtime_info.input.harbor_agent.docker_hosts": [
-                        {"docker_host": d.host, "docker_cert_path": str(d.good_client),
-                         "max_concurrent_trials": 1}
-                        for d in daemons
-                    ],
-                }
-            )
-        )
-    )  # fmt: skip
+    hosts = [
+        {"docker_host": d.host, "docker_cert_path": str(d.good_client), "max_concurrent_trials": 1}
+        for d in daemons
+    ]
+    config = check_config(
+        tmp_path,
+        prefix,
+        **{
+            "runtime_info.input.harbor_agent.environment_import_path": REMOTE,
+            "runtime_info.input.harbor_agent.docker_hosts": hosts,
+        },
+    )
     result = CliRunner().invoke(
         app,
         ["sandbox", "check", "--config", str(config), "--tasks", str(tasks),

@@ -107,7 +107,7 @@ def _scan_dir(root: Path, bundle_sha: str, markers: set[bytes]) -> list[str]:
     return found
 
 
-def _layer_dirs(image: str) -> dict[str, Path]:
+def _layer_dirs(diff_ids: list[str]) -> dict[str, Path]:
     """diff_id -> the layer's directory, from overlay2's layer store; {} where the engine keeps
     layers otherwise (another driver, the containerd store) or the data root is not readable."""
     info = json.loads(
@@ -121,7 +121,7 @@ def _layer_dirs(image: str) -> dict[str, Path]:
         return {}
     dirs: dict[str, Path] = {}
     chain = ""
-    for diff_id in inspect(image)["RootFS"]["Layers"]:
+    for diff_id in diff_ids:
         # the OCI chain id: the first layer's diff_id, then sha256("<parent chain> <diff_id>")
         chain = (
             diff_id
@@ -172,7 +172,8 @@ def _scan_image(
     """Scan every layer of the image without a clean verdict: its directory (overlay2), else
     its tar in `docker save` streamed as it passes (no copy on disk). Returns the hits and
     the number of layers read."""
-    layers = set(inspect(image)["RootFS"]["Layers"])
+    diff_ids = inspect(image)["RootFS"]["Layers"]
+    layers = set(diff_ids)
     verdicts = _verdicts(bundle_sha, markers)
     clean = {f"sha256:{p.name}" for p in verdicts.glob("*")} & layers
 
@@ -183,7 +184,7 @@ def _scan_image(
 
     if clean == layers:
         return [], 0
-    dirs = {} if use_save else _layer_dirs(image)
+    dirs = {} if use_save else _layer_dirs(diff_ids)
     if dirs:
         found: list[str] = []
         for diff_id in sorted(layers - clean):
