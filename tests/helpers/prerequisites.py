@@ -100,7 +100,13 @@ def repos(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def images(pytestconfig: pytest.Config, docker_engine: None, repos: Path) -> dict[str, str]:
     """Build (or refresh from the build cache) the trainer, proxy and agent-runtime images once,
-    on the base `make image` chooses (the public one, or offline the test bed's stand-in)."""
+    on the base `make image` chooses (the public one, or offline the test bed's stand-in).
+
+    HVT_TEST_IMAGES=prebuilt uses the images already tagged and builds nothing: for a second
+    worktree whose tests must not retag `latest` under a run that is using it."""
+    if os.environ.get("HVT_TEST_IMAGES") == "prebuilt":
+        require_images(*IMAGES.values(), remedy="unset HVT_TEST_IMAGES to build them")
+        return IMAGES
     build_step(
         pytestconfig,
         "make image (first build ~6 min; then cached)",
