@@ -19,13 +19,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from hvt.trajectory.credentials import revoke
 from verl_patch.rollout_settings import RolloutSettings
 from verl_patch.termination import Termination, should_retry
 from verl_patch.trial_coordinator import DEFAULT_HOST
 from verl_patch.trial_outcome import TrialReport, read_trial
+
+if TYPE_CHECKING:
+    from harbor_patch.trial_network import SandboxNetworkPolicy
 
 # Harbor imports LiteLLM, which otherwise fetches its model cost map from GitHub (unreachable
 # from most clusters) with retries on every import.
@@ -117,6 +121,14 @@ def build_trial_config(
     )
 
 
+def sandbox_network_policy(settings: RolloutSettings) -> SandboxNetworkPolicy:
+    """harbor_agent.sandbox_network with the proxy host it allows (from the proxy URL)."""
+    from harbor_patch.trial_network import SandboxNetworkPolicy
+
+    host = urlsplit(settings.proxy_url).hostname if settings.proxy_url else None
+    return SandboxNetworkPolicy(settings.sandbox_network, host or "")  # type: ignore[arg-type]
+
+
 _overlay_lock = threading.Lock()
 _overlays: dict[tuple[Any, ...], Path] = {}
 
@@ -161,7 +173,7 @@ async def run_attempt(
 ) -> TrialReport:
     """One Harbor trial. `should_stop` is polled while it runs; True cancels it (Harbor then
     records the cancellation, stops and deletes the sandbox, and writes result.json)."""
-    from harbor.trial.trial import Trial
+    from harbor_patch.trial_network import create_trial
 
     trials_dir.mkdir(parents=True, exist_ok=True)
     trial_dir = trials_dir / trial_name
@@ -170,7 +182,7 @@ async def run_attempt(
         if settings.uses_stock_docker:
             extra += await asyncio.to_thread(stock_docker_overlay, settings)
         config = build_trial_config(settings, task_path, trials_dir, trial_name, extra)
-        trial = await Trial.create(config)
+        trial = await create_trial(config, sandbox_network_policy(settings))
     except Exception as exc:  # bad task dir, bad kwargs, runtime staging: never reached the agent
         log.error("trial %s could not be created: %s", trial_name, exc)
         trial_dir.mkdir(parents=True, exist_ok=True)

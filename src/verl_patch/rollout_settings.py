@@ -84,6 +84,11 @@ class RolloutSettings:
     # harbor_agent.docker_hosts: the daemons trials spread over (remote Docker environment)
     fleet: tuple[FleetHost, ...] = ()
     host_failure_threshold: int = 3
+    # harbor_agent.sandbox_network (from_run_config: the config's, default proxy-only), and the
+    # proxy URL whose host it allows (harbor_patch.trial_network). Built by hand (tests, tools
+    # with an agent that needs no proxy) the settings change nothing: public, Harbor's plan.
+    sandbox_network: str = "public"
+    proxy_url: str | None = None
 
     def for_host(self, name: str) -> RolloutSettings:
         """The settings of a trial placed on fleet host `name` (the coordinator's choice);
@@ -152,6 +157,7 @@ class RolloutSettings:
                 "agent_runtime_mount_path": runtime.mount_path,
                 "agent_runtime_image_subpath": runtime.image_subpath,
                 "pod_name_prefix": h.pod_name_prefix,
+                "proxy_url": proxy_url,
             }
         elif module.startswith(KUBERNETES_MODULE):
             env_kwargs = {
@@ -164,6 +170,7 @@ class RolloutSettings:
                 "agent_runtime_image_subpath": runtime.image_subpath,
                 "pod_name_prefix": h.pod_name_prefix,
                 "host_path_mounts": [m.model_dump() for m in h.host_path_mounts or []],
+                "proxy_url": proxy_url,
             }
         elif h.environment_import_path == STOCK_DOCKER and image:
             overlay = runtime
@@ -206,4 +213,6 @@ class RolloutSettings:
                 for d in h.docker_hosts or []
             ),
             host_failure_threshold=h.host_failure_threshold,
+            sandbox_network=h.sandbox_network,
+            proxy_url=proxy_url,
         )

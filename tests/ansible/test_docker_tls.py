@@ -4,7 +4,8 @@ Converges the Molecule scenario ansible/molecule/docker_tls twice (the second ru
 nothing), then checks the daemon from outside through its loopback-published port: the issued
 client certificate works (docker info, and a container runs); no certificate, a self-signed one
 and one from another CA are refused with a TLS alert; nothing answers on 2375; the firewall
-admits only the trainer.
+admits only the trainer; a container on the sandbox daemon reaches the trainer's proxy port and
+nothing else.
 """
 
 from __future__ import annotations
@@ -264,6 +265,33 @@ def test_container_runs_on_the_remote_daemon(client_bundle: Path, tls_port: int)
     run = remote_docker(client_bundle, tls_port, "run", "--rm", TEST_IMAGE, "echo", "sandbox-ok")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "sandbox-ok"
+
+
+def test_sandbox_containers_reach_only_the_proxy_port(client_bundle: Path, tls_port: int) -> None:
+    """docker_tls_sandbox_egress: proxy-only (the default). A container on the sandbox daemon
+    connects to the trainer's proxy port: the trainer itself refuses it (nothing listens there
+    in this scenario), so the packet got through. Another port of the trainer and the
+    network's gateway (this test host) time out: dropped on the sandbox host."""
+    if remote_docker(client_bundle, tls_port, "image", "inspect", TEST_IMAGE).returncode:
+        save = subprocess.Popen(["docker", "save", TEST_IMAGE], stdout=subprocess.PIPE)
+        load = remote_docker(client_bundle, tls_port, "load", stdin=save.stdout)
+        assert save.wait(timeout=300) == 0 and load.returncode == 0, load.stderr
+    trainer_ip = docker(
+        "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}', TRAINER
+    ).strip()
+    wait = f"{scaled(5):.0f}"
+    probe = (
+        'for t in "$@"; do timeout ' + wait + ' bash -c "exec 3<>/dev/tcp/${t%:*}/${t#*:}" '
+        '2>/dev/null; echo "$t $?"; done'
+    )
+    targets = [f"{trainer_ip}:8002", f"{trainer_ip}:22", "172.30.61.1:8002"]
+    run = remote_docker(
+        client_bundle, tls_port, "run", "--rm", TEST_IMAGE, "bash", "-c", probe, "probe", *targets
+    )
+    assert run.returncode == 0, run.stderr
+    exits = dict(line.split() for line in run.stdout.splitlines())
+    # 1: refused by the trainer (reached it); 124: no answer within the limit (dropped)
+    assert exits == {targets[0]: "1", targets[1]: "124", targets[2]: "124"}, run.stdout
 
 
 def test_make_provision_check_reports_no_drift(scenario: Scenario, tmp_path: Path) -> None:

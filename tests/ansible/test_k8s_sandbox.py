@@ -18,13 +18,19 @@ import yaml
 from tests.ansible.ansible_runner import playbook
 
 SCHEMA_VERSIONS = ["1.30.0", "1.37.0"]
+PROXY = "10.20.30.40"
 
 
 def render(tmp_path: Path, **extra: Any) -> list[dict[str, Any]]:
     out = tmp_path / "sandbox-objects.yaml"
     proc = playbook(
         "k8s_sandbox.yml",
-        {"k8s_sandbox_apply": False, "k8s_sandbox_manifest_path": str(out), **extra},
+        {
+            "k8s_sandbox_apply": False,
+            "k8s_sandbox_manifest_path": str(out),
+            "k8s_sandbox_proxy_address": PROXY,
+            **extra,
+        },
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "k8s_sandbox_apply is false" in proc.stdout
@@ -125,6 +131,86 @@ def test_bad_namespace_is_refused_by_name(tmp_path: Path) -> None:
     assert not (tmp_path / "x.yaml").exists()
 
 
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def _pod_labels(egress: str) -> dict[str, str]:
+    """The labels KubernetesEnvironment gives a sandbox pod in a phase of that egress."""
+    from harbor_patch import labels
+    from harbor_patch.environments import sandbox_egress
+
+    return {**labels.sandbox_labels("run-a", "t__env"), sandbox_egress.EGRESS_LABEL: egress}
+
+
+def test_network_policies_follow_the_pod_egress_label(objects: list[dict[str, Any]]) -> None:
+    deny = by_kind(objects, "NetworkPolicy", "sandbox-egress-deny")
+    proxy = by_kind(objects, "NetworkPolicy", "sandbox-egress-proxy")
+    public = by_kind(objects, "NetworkPolicy", "sandbox-egress-public")
+    for policy in (deny, proxy, public):
+        assert policy["spec"]["policyTypes"] == ["Egress"]
+        assert policy["metadata"]["namespace"] == "rl-sandboxes"
+    assert deny["spec"]["egress"] == []
+    assert proxy["spec"]["egress"] == [
+        {"to": [{"ipBlock": {"cidr": f"{PROXY}/32"}}], "ports": [{"protocol": "TCP", "port": 8002}]}
+    ]
+    assert public["spec"]["egress"] == [{}]
+    # which policies select a pod, per phase label: none -> deny only (no egress at all)
+    selected = {
+        egress: sorted(
+            p["metadata"]["name"] for p in (deny, proxy, public) if _selects(p, _pod_labels(egress))
+        )
+        for egress in ("none", "proxy", "public")
+    }
+    assert selected == {
+        "none": ["sandbox-egress-deny"],
+        "proxy": ["sandbox-egress-deny", "sandbox-egress-proxy"],
+        "public": ["sandbox-egress-deny", "sandbox-egress-proxy", "sandbox-egress-public"],
+    }
+    # no DNS rule: the proxy is reached by address
+    assert not any(port.get("port") == 53 for e in proxy["spec"]["egress"] for port in e["ports"])
+
+
+def test_network_policy_settings(tmp_path: Path) -> None:
+    objs = render(
+        tmp_path,
+        k8s_sandbox_proxy_address="fd00::7",
+        k8s_sandbox_proxy_port=9002,
+        k8s_sandbox_allow_public_egress=False,
+    )
+    names = {o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy"}
+    assert names == {"sandbox-egress-deny", "sandbox-egress-proxy"}
+    rule = by_kind(objs, "NetworkPolicy", "sandbox-egress-proxy")["spec"]["egress"][0]
+    assert rule == {
+        "to": [{"ipBlock": {"cidr": "fd00::7/128"}}],
+        "ports": [{"protocol": "TCP", "port": 9002}],
+    }
+    off = render(tmp_path, k8s_sandbox_network_policy=False, k8s_sandbox_proxy_address="")
+    assert not any(o["kind"] == "NetworkPolicy" for o in off)
+
+
+def test_missing_proxy_address_is_refused_by_name(tmp_path: Path) -> None:
+    proc = playbook(
+        "k8s_sandbox.yml",
+        {
+            "k8s_sandbox_apply": False,
+            "k8s_sandbox_manifest_path": str(tmp_path / "x.yaml"),
+            "k8s_sandbox_proxy_address": "proxy.example",
+        },
+    )
+    assert proc.returncode != 0
+    text = " ".join(proc.stdout.split())
+    assert "needs k8s_sandbox_proxy_address" in text and "got 'proxy.example'" in text
+    assert not (tmp_path / "x.yaml").exists()
+
+
 @pytest.mark.optin
 def test_real_cluster(tmp_path: Path) -> None:
     kubeconfig = os.environ.get("KUBECONFIG", "")
@@ -143,6 +229,7 @@ def test_real_cluster(tmp_path: Path) -> None:
         "k8s_sandbox_kubeconfig_path": str(trainer_config),
         "k8s_sandbox_kubeconfig_owner": str(os.getuid()),
         "k8s_sandbox_kubeconfig_group": str(os.getgid()),
+        "k8s_sandbox_proxy_address": PROXY,
     }
     admin = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
     try:
@@ -173,5 +260,13 @@ def test_real_cluster(tmp_path: Path) -> None:
         assert not allowed("create", "deployments")
         # and the kubeconfig really works for the sandbox API calls
         client.CoreV1Api(api).list_namespaced_pod(namespace)
+        # the API server accepted the egress policies as rendered
+        networking = client.NetworkingV1Api(config.new_client_from_config(config_file=kubeconfig))
+        policies = networking.list_namespaced_network_policy(namespace).items
+        assert sorted(p.metadata.name for p in policies) == [
+            "sandbox-egress-deny",
+            "sandbox-egress-proxy",
+            "sandbox-egress-public",
+        ]
     finally:
         admin.delete_namespace(namespace)

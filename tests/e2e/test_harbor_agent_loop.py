@@ -144,6 +144,7 @@ def test_agent_loop_in_the_trainer_image(tmp_path: Path, trainer_image: str) -> 
                     "runtime_info.input.harbor_agent.agent_name": "oracle",
                     "runtime_info.input.harbor_agent.agent_import_path": "",
                     "runtime_info.input.harbor_agent.runtime_image": "",
+                    "runtime_info.input.harbor_agent.sandbox_network": "public",  # no model
                     "runtime_info.input.harbor_agent.pod_name_prefix": prefix,
                     "runtime_info.input.harbor_agent.environment_override_memory_mb": 512,
                     "runtime_info.input.harbor_runtime.num_workers": 2,

@@ -45,7 +45,9 @@ def test_remote_docker_backend(tmp_path: Path) -> None:
         "agent_runtime_mount_path": "/opt/custom-agent-runtime/claude-code",
         "agent_runtime_image_subpath": "opt/custom-agent-runtime/claude-code",
         "pod_name_prefix": "run-a",
+        "proxy_url": "http://10.0.0.2:8002",
     }
+    assert s.sandbox_network == "proxy-only" and s.proxy_url == "http://10.0.0.2:8002"
     assert s.agent_kwargs == {
         "max_turns": 42,
         "runtime_root": "/opt/custom-agent-runtime/claude-code",
@@ -93,12 +95,18 @@ def test_kubernetes_backend() -> None:
 
 
 def test_harbor_docker_environment_gets_the_overlay() -> None:
-    s = RolloutSettings.from_run_config(config(), ENV)
+    stock = {
+        "harbor_agent.environment_import_path": STOCK_DOCKER,
+        "harbor_agent.sandbox_network": "public",  # Harbor's own cannot enforce proxy-only
+    }
+    s = RolloutSettings.from_run_config(config(**stock), ENV)
     assert s.env_import_path == STOCK_DOCKER and s.uses_stock_docker
     assert s.overlay_runtime is not None
     assert s.overlay_runtime.image == "verl-swe-rl/agent-runtime:latest"
     assert s.env_kwargs == {}
-    none = RolloutSettings.from_run_config(config(**{"harbor_agent.runtime_image": ""}), ENV)
+    none = RolloutSettings.from_run_config(
+        config(**stock, **{"harbor_agent.runtime_image": ""}), ENV
+    )
     assert none.overlay_runtime is None  # labels only
 
 

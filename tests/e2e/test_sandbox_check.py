@@ -27,6 +27,8 @@ def check_config(tmp_path: Path, prefix: str, **keys: object) -> Path:
     base = {
         "runtime_info.input.harbor_agent.pod_name_prefix": prefix,
         "runtime_info.input.harbor_agent.runtime_image": "",
+        # the oracle calls no model; egress control is tested in test_sandbox_egress.py
+        "runtime_info.input.harbor_agent.sandbox_network": "public",
         "runtime_info.input.harbor_agent.environment_override_memory_mb": 512,
         "runtime_info.input.harbor_runtime.num_workers": 2,
     }

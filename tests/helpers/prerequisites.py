@@ -118,7 +118,12 @@ def images(pytestconfig: pytest.Config, docker_engine: None, repos: Path) -> dic
 
 @pytest.fixture(scope="session")
 def proxy_venv(pytestconfig: pytest.Config) -> Path:
-    """The LiteLLM proxy venv (`make proxy-venv`; a no-op when up to date)."""
+    """The LiteLLM proxy venv (`make proxy-venv`; a no-op when up to date). With
+    HVT_TEST_IMAGES=prebuilt an existing HVT_PROXY_VENV is used as it is, like the images: a
+    second worktree must not rebuild (and re-point) another checkout's venv."""
+    prebuilt = os.environ.get("HVT_TEST_IMAGES") == "prebuilt"
+    if prebuilt and (PROXY_VENV / "bin" / "litellm").exists():
+        return PROXY_VENV
     build_step(
         pytestconfig,
         "make proxy-venv",

@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 PY = "/opt/venv/bin/python"
 RUNTIME = "/opt/custom-agent-runtime/claude-code"
 TASK_IMAGE = "local/debian:bookworm"  # a task container with no node of its own
+TARGET_IMAGE = "local/python:3.12-bookworm"  # the relay test's server and client
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +108,48 @@ def test_claude_runs_in_a_task_container_without_node(runtime_volume: str) -> No
     assert f"{RUNTIME}/bin/claude" in lines and f"{RUNTIME}/bin/node" in lines
     assert "2.1.330" in out.stdout and "(Claude Code)" in out.stdout
     assert any(line.startswith("v22.") for line in lines)
+
+
+def test_egress_relay_runs_from_the_agent_runtime_image(images: dict[str, str]) -> None:
+    """The sandboxes' egress relay as RemoteDockerEnvironment starts it (sandbox_egress.overlay:
+    python3 from this image, nobody, read-only, no capabilities) forwards to its target."""
+    from harbor_patch.environments import sandbox_egress
+
+    spec = sandbox_egress.overlay(
+        {}, sandbox_egress.ProxyEndpoint("target", 8000), images["agent-runtime"], "unused"
+    )["services"][sandbox_egress.RELAY_SERVICE]
+    tag = uuid.uuid4().hex[:8]
+    network = f"hvt-infra-relaynet-{tag}"
+    target, relay = f"hvt-infra-target-{tag}", f"hvt-infra-relay-{tag}"
+    subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["docker", "run", "-d", "--name", target, "--network", network, "--network-alias",
+             "target", TARGET_IMAGE, "python3", "-m", "http.server", "8000"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["docker", "run", "-d", "--name", relay, "--network", network, "--network-alias",
+             "relay", "--user", spec["user"], "--read-only", "--cap-drop", "ALL",
+             "--security-opt", "no-new-privileges:true", "--entrypoint", spec["entrypoint"][0],
+             images["agent-runtime"], *spec["entrypoint"][1:], *spec["command"]],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        client = (
+            "import time, urllib.request\n"
+            "for _ in range(60):\n"
+            "    try:\n"
+            "        print(urllib.request.urlopen('http://relay:8787/', timeout=5).status); break\n"
+            "    except OSError:\n"
+            "        time.sleep(1)\n"
+        )
+        out = subprocess.run(
+            ["docker", "run", "--rm", "--network", network, TARGET_IMAGE, "python3", "-c", client],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        logs = subprocess.run(["docker", "logs", relay], capture_output=True, text=True)
+        assert out.stdout.split() == ["200"], (out.stdout, out.stderr, logs.stdout, logs.stderr)
+        assert "egress relay: :8787 -> target:8000" in logs.stdout
+    finally:
+        subprocess.run(["docker", "rm", "-f", target, relay], capture_output=True)
+        subprocess.run(["docker", "network", "rm", network], capture_output=True)

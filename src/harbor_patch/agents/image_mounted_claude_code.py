@@ -8,7 +8,9 @@
   trial fails at agent setup with a message saying so, unless `allow_network_install=True`
   lets Harbor's own installer (which needs internet in the sandbox) run instead;
 * the proxy environment of `proxy_env.agent_env`: base URL, this trial's own credential (never
-  the master key), every model name, the trial routing header, quiet mode;
+  the master key), every model name, the trial routing header, quiet mode. When the sandbox's
+  egress is controlled (RemoteDockerEnvironment's relay), the base URL is the environment's
+  `sandbox_proxy_url`, the only way out of the sandbox;
 * `max_turns` (claude-code --max-turns) from runtime_info.input.harbor_agent.max_iterations.
 
 Agent kwargs (TrialConfig.agent.kwargs): max_turns, runtime_root, proxy_url (else
@@ -59,6 +61,7 @@ class ClaudeCode(HarborClaudeCode):  # type: ignore[misc]
         self._credential_ttl_sec = credential_ttl_sec
         self._allow_network_install = allow_network_install
         self.using_mounted_runtime = False
+        self._sandbox_proxy_url: str | None = None
         super().__init__(logs_dir, *args, **kwargs)
 
     @staticmethod
@@ -78,6 +81,8 @@ class ClaudeCode(HarborClaudeCode):  # type: ignore[misc]
 
     @override
     async def install(self, environment: BaseEnvironment) -> None:
+        relay = getattr(environment, "sandbox_proxy_url", None)
+        self._sandbox_proxy_url = relay if isinstance(relay, str) and relay else None
         claude = shlex.quote(f"{self._runtime_bin}/claude")
         result = await environment.exec(command=f"test -x {claude} && {claude} --version")
         if result.return_code == 0:
@@ -134,7 +139,7 @@ class ClaudeCode(HarborClaudeCode):  # type: ignore[misc]
             )
         route = proxy_env.trial_route(self.logs_dir.parent)
         return proxy_env.agent_env(
-            base_url=proxy_env.proxy_url(self._proxy_url),
+            base_url=self._sandbox_proxy_url or proxy_env.proxy_url(self._proxy_url),
             api_key=proxy_env.trial_credential(route, model, self._credential_ttl_sec),
             model=model,
             route=route,

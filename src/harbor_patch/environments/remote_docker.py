@@ -13,16 +13,25 @@ disk is not this machine's.
   mounted read-only into `main` at `agent_runtime_mount_path`;
 * every container and the project network carry `harbor-run=<pod_name_prefix>` and owner
   labels (compose_overlay.py). CPU and memory limits are Harbor's (`override_cpus`,
-  `override_memory_mb`, else the task's), applied as compose `cpus` / `mem_limit`.
+  `override_memory_mb`, else the task's), applied as compose `cpus` / `mem_limit`;
+* Harbor's network policies (`no-network`, `allowlist` of the proxy's host, `public`) are
+  enforced, and switched per phase, by our egress relay on an internal compose network
+  (sandbox_egress.py, which also says why Harbor's own egress sidecar is not used). The
+  relay runs from the agent-runtime image; claude-code reaches the proxy through it
+  (`sandbox_proxy_url`). A sandbox whose policies are all `public` gets none of it.
 
 Environment kwargs (TrialConfig.environment.kwargs): docker_host, docker_cert_path,
 docker_tls_verify, allow_insecure, agent_runtime_image, agent_runtime_mount_path,
-agent_runtime_image_subpath, pod_name_prefix, runtime_staging_timeout_sec.
+agent_runtime_image_subpath, pod_name_prefix, runtime_staging_timeout_sec, proxy_url (else
+HVT_PROXY_URL; needed when a policy is not public), egress_relay_image (default: the agent
+runtime image; it needs python3).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -33,12 +42,14 @@ from typing import Any, ClassVar, override
 from harbor.environments.capabilities import EnvironmentCapabilities
 from harbor.environments.docker.docker import DockerEnvironment
 from harbor.environments.docker.runtime import ContainerRuntime
+from harbor.models.task.config import NetworkMode, NetworkPolicy
 
 from harbor_patch import labels as sandbox_labels
-from harbor_patch.environments import agent_runtime, compose_overlay
+from harbor_patch.environments import agent_runtime, compose_overlay, sandbox_egress
 from harbor_patch.environments.docker_daemon import DaemonConfigError, DockerDaemon
 
 OVERLAY_NAME = "docker-compose-hvt.json"
+PROXY_URL_ENV = "HVT_PROXY_URL"
 
 
 class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
@@ -63,6 +74,8 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
         agent_runtime_image_subpath: str = agent_runtime.DEFAULT_IMAGE_SUBPATH,
         pod_name_prefix: str | None = None,
         runtime_staging_timeout_sec: float = 900.0,
+        proxy_url: str | None = None,
+        egress_relay_image: str | None = None,
         **kwargs: Any,
     ) -> None:
         try:
@@ -82,6 +95,33 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
         self._overlay_dir: tempfile.TemporaryDirectory[str] | None = None
         self._overlay_path: Path | None = None
         self.staged_runtime: agent_runtime.StagedRuntime | None = None
+        # Egress control is on when any policy Harbor may ask for is not public. Set before
+        # Harbor's __init__, which validates those policies against our capabilities.
+        policies: list[NetworkPolicy] = [
+            kwargs.get("network_policy") or NetworkPolicy(network_mode=NetworkMode.PUBLIC),
+            *(kwargs.get("phase_network_policies") or ()),
+        ]
+        self._egress = any(p.network_mode != NetworkMode.PUBLIC for p in policies)
+        self._relay_image = egress_relay_image or self._runtime_image
+        self._proxy: sandbox_egress.ProxyEndpoint | None = None
+        if self._egress:
+            url = (proxy_url or os.environ.get(PROXY_URL_ENV) or "").strip()
+            if not url:
+                raise ValueError(
+                    "a sandbox network policy other than public needs the proxy's URL: set "
+                    f"{PROXY_URL_ENV} or the environment kwarg proxy_url, or set "
+                    "runtime_info.input.harbor_agent.sandbox_network: public"
+                )
+            try:
+                self._proxy = sandbox_egress.ProxyEndpoint.from_url(url)
+            except sandbox_egress.EgressConfigError as exc:
+                raise ValueError(str(exc)) from None
+            if not self._relay_image:
+                raise ValueError(
+                    "egress control runs its relay from the agent-runtime image, and none is "
+                    "set: set runtime_info.input.harbor_agent.runtime_image (or the environment "
+                    "kwarg egress_relay_image: an image on the sandbox daemon with python3)"
+                )
         kwargs.pop("auto_mounting", None)  # nothing here can be bind-mounted from this host
         super().__init__(*args, **kwargs)
 
@@ -150,11 +190,47 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
                 f"{result.stderr.decode(errors='replace').strip()[:500]}"
             )
 
+    @staticmethod
+    @override
+    def _requires_egress_control(**_: Any) -> bool:
+        # Harbor's sidecar (gogost/gost from Docker Hub, an alpine kernel probe) is never
+        # started: our relay enforces the policies (sandbox_egress.py says why).
+        return False
+
     @property
     @override
     def capabilities(self) -> EnvironmentCapabilities:
         # No bind mounts of this machine's paths and no SSH stream (its port would be remote).
-        return super().capabilities.model_copy(update={"mounted": False, "stream": False})
+        # Network policies: no-network, public, and allowlists of the proxy's host (by name or
+        # address), switched per phase; validate_network_policy_support refuses other hosts.
+        return super().capabilities.model_copy(
+            update={
+                "mounted": False,
+                "stream": False,
+                "disable_internet": True,
+                "network_allowlist": True,
+                "network_allowlist_hostnames": True,
+                "network_allowlist_ipv4_addresses": True,
+                "network_allowlist_ipv6_addresses": True,
+                "dynamic_network_policy": True,
+            }
+        )
+
+    @override
+    def validate_network_policy_support(self, network_policy: NetworkPolicy | None = None) -> None:
+        super().validate_network_policy_support(network_policy)
+        policy = network_policy or self.network_policy
+        if policy.network_mode != NetworkMode.ALLOWLIST:
+            return
+        if self._proxy is None:  # only reachable with egress control off
+            raise ValueError("an allowlist network policy needs the proxy URL (HVT_PROXY_URL)")
+        sandbox_egress.refuse_foreign_hosts(policy.allowed_hosts, self._proxy, type(self).__name__)
+
+    @property
+    def sandbox_proxy_url(self) -> str | None:
+        """The proxy's URL as seen from inside this sandbox (the relay) when egress
+        control is on; None when the sandbox reaches the proxy directly."""
+        return sandbox_egress.relay_url() if self._egress else None
 
     @property
     @override
@@ -177,17 +253,101 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
                 progress=self.logger.info,
             )
             volume = self.staged_runtime.volume
+        labels = sandbox_labels.sandbox_labels(self._run_prefix, self.session_id)
         spec = compose_overlay.overlay(
-            sandbox_labels.sandbox_labels(self._run_prefix, self.session_id),
+            labels,
             compose_overlay.service_names(self._user_compose_paths()),
             runtime_volume=volume,
             runtime_mount_path=self._runtime_mount_path,
         )
+        if self._egress:
+            spec = compose_overlay.merge(spec, self._egress_overlay(labels))
         self._overlay_dir = tempfile.TemporaryDirectory(prefix="hvt-compose-")
         self._overlay_path = compose_overlay.write(
             Path(self._overlay_dir.name) / OVERLAY_NAME, spec
         )
         await super().start(force_build)
+        if self._egress:
+            await self._enforce(self.network_policy)
+
+    # -- egress control --------------------------------------------------------------------
+
+    def _egress_overlay(self, labels: dict[str, str]) -> dict[str, Any]:
+        assert self._proxy is not None and self._relay_image is not None
+        own = sandbox_egress.services_with_own_networking(self._user_compose_paths())
+        if own:
+            raise ValueError(
+                f"task services {', '.join(own)} choose their own networks, which would bypass "
+                "the sandbox's egress control; remove `networks`/`network_mode` from the "
+                "task's docker-compose.yaml, or set runtime_info.input.harbor_agent."
+                "sandbox_network: public"
+            )
+        return sandbox_egress.overlay(
+            labels,
+            self._proxy,
+            self._relay_image,
+            sandbox_egress.egress_network_name(self.session_id),
+        )
+
+    @override
+    async def _apply_network_policy(self, network_policy: NetworkPolicy) -> None:
+        if not self._egress:
+            if network_policy.network_mode == NetworkMode.PUBLIC:
+                return
+            raise ValueError(
+                "this sandbox started without egress control (all its policies were public), "
+                f"so it cannot switch to network_mode={network_policy.network_mode.value!r}"
+            )
+        await self._enforce(network_policy)
+
+    async def _enforce(self, policy: NetworkPolicy) -> None:
+        """Make the sandbox match `policy`: narrowing steps first, widening steps last."""
+        mode = policy.network_mode
+        outside = sandbox_egress.egress_network_name(self.session_id)
+        services = compose_overlay.service_names(self._user_compose_paths())
+        containers = await self._container_ids(services)
+        if mode != NetworkMode.PUBLIC:
+            for container in containers:
+                if outside in await self._networks_of(container):
+                    await self._engine(["network", "disconnect", "--force", outside, container])
+        relay_action = "stop" if mode == NetworkMode.NO_NETWORK else "start"
+        await self._run_docker_compose_command([relay_action, sandbox_egress.RELAY_SERVICE])
+        if mode == NetworkMode.PUBLIC:
+            for container in containers:
+                if outside not in await self._networks_of(container):
+                    await self._engine(["network", "connect", outside, container])
+        self.logger.info("sandbox network: %s", mode.value)
+
+    async def _container_ids(self, services: list[str]) -> list[str]:
+        result = await self._run_docker_compose_command(["ps", "--all", "-q", *services])
+        return [line.strip() for line in (result.stdout or "").splitlines() if line.strip()]
+
+    async def _networks_of(self, container: str) -> set[str]:
+        text = await self._engine(
+            ["container", "inspect", "--format", "{{json .NetworkSettings.Networks}}", container]
+        )
+        networks = json.loads(text or "{}") or {}
+        return set(networks)
+
+    async def _engine(self, args: list[str], timeout_sec: float = 60.0) -> str:
+        process = await asyncio.create_subprocess_exec(
+            *self._engine_cmd(*args),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), timeout_sec)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise RuntimeError(
+                f"docker {' '.join(args[:3])} timed out after {timeout_sec}s"
+            ) from None
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"docker {' '.join(args[:3])} failed: {err.decode(errors='replace').strip()}"
+            )
+        return out.decode()
 
     @override
     async def stop(self, delete: bool) -> None:

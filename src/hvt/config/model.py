@@ -164,7 +164,7 @@ class HarborAgent(Section):
     environment_build_timeout_multiplier: Multiplier = 1.0
     environment_type: Literal["docker"] | None = None
     environment_import_path: str = Field(
-        default="harbor.environments.docker.docker:DockerEnvironment",
+        default="harbor_patch.environments.remote_docker:RemoteDockerEnvironment",
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
     )
     environment_force_build: bool = True
@@ -179,6 +179,9 @@ class HarborAgent(Section):
     docker_hosts: list[DockerHost] | None = None
     host_failure_threshold: PositiveInt = 3  # setups failing in a row that take a host out
     allow_insecure_test_network: bool = False
+    # what a sandbox may reach (harbor_patch.trial_network): the proxy only, the task's own
+    # policy, or everything; the verifier gets no network unless the task asks (not for public)
+    sandbox_network: Literal["proxy-only", "task", "public"] = "proxy-only"
 
     @property
     def backend(self) -> Literal["docker", "remote_docker", "kubernetes"]:

@@ -178,7 +178,23 @@ def _backend(cfg: RunConfig) -> list[Problem]:
         )
     if h.docker_hosts is not None:
         out += _fleet(cfg, path)
+    out += _sandbox_network(cfg, path)
     return out
+
+
+def _sandbox_network(cfg: RunConfig, path: str) -> list[Problem]:
+    h = cfg.inputs.harbor_agent
+    if h.sandbox_network == "public" or "remote_docker" in path or "kubernetes" in path:
+        return []
+    return [
+        Problem(
+            f"{P}.harbor_agent.sandbox_network",
+            f"{h.sandbox_network!r} cannot be enforced by {h.environment_import_path}: Harbor's "
+            "own Docker egress sidecar needs the gogost/gost image from Docker Hub",
+            "use environment_import_path: harbor_patch.environments.remote_docker:"
+            "RemoteDockerEnvironment (the local socket too), or sandbox_network: public",
+        )
+    ]
 
 
 def _daemon_url(key: str, url: str, allow_insecure: bool) -> list[Problem]:

@@ -14,6 +14,26 @@ def backend_text(cfg: RunConfig) -> str:
     return f"Docker, local ({h.docker_host or 'unix:///var/run/docker.sock'})"
 
 
+def sandbox_network_text(cfg: RunConfig) -> str:
+    """The effective sandbox network policy on this backend (harbor_patch.trial_network)."""
+    h, i = cfg.inputs.harbor_agent, cfg.inputs.infrastructure
+    proxy = f"{i.node0_ip or '<node0_ip>'}:{i.litellm_port}"
+    if h.sandbox_network == "public":
+        return "public: sandboxes reach everything unless task.toml restricts them"
+    verifier = "verifier: no network unless task.toml asks"
+    if h.sandbox_network == "proxy-only":
+        agent = f"agent: proxy {proxy} only"
+    else:
+        agent = f"agent: the task's own policy (+ proxy {proxy} where restricted)"
+    if h.backend == "kubernetes":
+        how = "NetworkPolicy of the k8s_sandbox role"
+    elif "remote_docker" in h.environment_import_path:
+        how = "relay on an internal compose network"
+    else:
+        how = "NOT ENFORCED by this environment"
+    return f"{h.sandbox_network}: {agent}; {verifier} ({how})"
+
+
 def lines(cfg: RunConfig) -> list[tuple[str, str]]:
     i = cfg.inputs
     t, v, a, h = i.training, i.vllm, i.algorithm, i.harbor_agent
@@ -25,6 +45,7 @@ def lines(cfg: RunConfig) -> list[tuple[str, str]]:
         ("Train data", i.data.train_index),
         ("Val data", i.data.val_index),
         ("Backend", backend_text(cfg)),
+        ("Sandbox net", sandbox_network_text(cfg)),
         ("Parallelism", f"{i.harbor_runtime.num_workers} workers"),
         (
             "Batch size",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import docker
 from docker.errors import DockerException
 
 from hvt.config.model import RunConfig
+from hvt.config.summary import sandbox_network_text
 from hvt.docker_remote import CERT_FILES, connect
 from hvt.preflight.check import Check, Context, fail, ok, skip, warn
 
@@ -51,6 +52,36 @@ def check_backend(ctx: Context) -> Iterator[Check]:
         yield from check_local_docker(
             "backend.docker", ctx.cfg.inputs.harbor_agent.docker_host or LOCAL_SOCKET
         )
+    yield check_sandbox_network(ctx.cfg)
+
+
+def check_sandbox_network(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> Check:
+    """The effective sandbox network policy on this backend, and what enforcing it needs."""
+    h, i = cfg.inputs.harbor_agent, cfg.inputs.infrastructure
+    name = "backend.sandbox_network"
+    text = sandbox_network_text(cfg)
+    if h.sandbox_network == "public":
+        return ok(name, text)
+    env = os.environ if environ is None else environ
+    url = env.get("HVT_PROXY_URL") or (
+        f"http://{i.node0_ip}:{i.litellm_port}" if i.node0_ip else ""
+    )
+    if url and not url.startswith("http://"):
+        return fail(
+            name,
+            f"the proxy URL {url!r} cannot be the sandboxes' allowlist (egress control relays "
+            "plain http://<address>:<port>)",
+            "set HVT_PROXY_URL=http://<address>:<port>, or harbor_agent.sandbox_network: public",
+        )
+    if h.backend != "kubernetes" and not h.runtime_image:
+        return fail(
+            name,
+            "the sandboxes' egress relay runs from the agent-runtime image, and "
+            "harbor_agent.runtime_image is empty",
+            "set harbor_agent.runtime_image (make image builds verl-swe-rl/agent-runtime), or "
+            "harbor_agent.sandbox_network: public",
+        )
+    return ok(name, text if url else text + "; proxy address detected at launch")
 
 
 def check_fleet(ctx: Context) -> Iterator[Check]:

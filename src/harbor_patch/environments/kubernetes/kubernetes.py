@@ -4,7 +4,13 @@ build: tasks run their prebuilt image, task.toml `[environment].docker_image`).
 Environment kwargs (TrialConfig.environment.kwargs): namespace, kubeconfig_path, context,
 pod_startup_timeout_sec, active_deadline_seconds, agent_runtime_image,
 agent_runtime_mount_path, agent_runtime_image_subpath, pod_name_prefix, host_path_mounts,
-image_pull_secrets, service_account, node_selector, tolerations, memory_limit_factor.
+image_pull_secrets, service_account, node_selector, tolerations, memory_limit_factor,
+proxy_url (else HVT_PROXY_URL; needed when a network policy is not public).
+
+Network policies (Harbor's `no-network`, `allowlist` of the proxy's host, `public`, switched
+per phase): the pod carries the label `hvt-egress=none|proxy|public`, and the NetworkPolicies
+of the k8s_sandbox role (a default deny for sandbox pods, egress to the proxy's address and
+port for `proxy`, everything for `public`) enforce it; a phase switch patches the label.
 
 Commands run through the pod exec API (`bash -c`); files move as base64 tar streams, so no
 tool beyond bash, tar and base64 is needed in the image. The pod spec is `pod_spec.build_pod`;
@@ -30,9 +36,10 @@ from harbor.environments.capabilities import (
     EnvironmentCapabilities,
     EnvironmentResourceCapabilities,
 )
+from harbor.models.task.config import NetworkMode, NetworkPolicy
 
 from harbor_patch import labels as sandbox_labels
-from harbor_patch.environments import pod_spec, sandbox_reaper
+from harbor_patch.environments import pod_spec, sandbox_egress, sandbox_reaper
 from harbor_patch.environments.agent_runtime import DEFAULT_IMAGE_SUBPATH, DEFAULT_MOUNT_PATH
 
 STDIN_CHUNK = 1 << 20
@@ -85,9 +92,15 @@ class KubernetesEnvironment(BaseEnvironment):  # type: ignore[misc]
         node_selector: Mapping[str, str] | None = None,
         tolerations: Sequence[Mapping[str, Any]] = (),
         memory_limit_factor: float = 1.0,
+        proxy_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.namespace = namespace
+        url = (proxy_url or os.environ.get("HVT_PROXY_URL") or "").strip()
+        try:
+            self._proxy = sandbox_egress.ProxyEndpoint.from_url(url) if url else None
+        except sandbox_egress.EgressConfigError as exc:
+            raise ValueError(str(exc)) from None
         self._kubeconfig = kubeconfig_path
         self._context = context
         self._startup_timeout = pod_startup_timeout_sec
@@ -117,7 +130,39 @@ class KubernetesEnvironment(BaseEnvironment):  # type: ignore[misc]
     @property
     @override
     def capabilities(self) -> EnvironmentCapabilities:
-        return EnvironmentCapabilities(mounted=False, docker_compose=False)
+        return EnvironmentCapabilities(
+            mounted=False,
+            docker_compose=False,
+            disable_internet=True,
+            network_allowlist=True,
+            network_allowlist_hostnames=True,
+            network_allowlist_ipv4_addresses=True,
+            network_allowlist_ipv6_addresses=True,
+            dynamic_network_policy=True,
+        )
+
+    @override
+    def validate_network_policy_support(self, network_policy: NetworkPolicy | None = None) -> None:
+        super().validate_network_policy_support(network_policy)
+        policy = network_policy or self.network_policy
+        if policy.network_mode != NetworkMode.ALLOWLIST:
+            return
+        if self._proxy is None:
+            raise ValueError(
+                "an allowlist network policy needs the proxy URL: set HVT_PROXY_URL or the "
+                "environment kwarg proxy_url"
+            )
+        sandbox_egress.refuse_foreign_hosts(policy.allowed_hosts, self._proxy, type(self).__name__)
+
+    @override
+    async def _apply_network_policy(self, network_policy: NetworkPolicy) -> None:
+        label = sandbox_egress.policy_label(network_policy.network_mode.value)
+        patch = {"metadata": {"labels": {sandbox_egress.EGRESS_LABEL: label}}}
+        core = await asyncio.to_thread(self._api)
+        await asyncio.to_thread(
+            core.patch_namespaced_pod, self.pod_name, self.namespace, patch, _request_timeout=30
+        )
+        self.logger.info("sandbox network: %s (pod label %s)", network_policy.network_mode, label)
 
     @classmethod
     @override
@@ -152,7 +197,12 @@ class KubernetesEnvironment(BaseEnvironment):  # type: ignore[misc]
             name=self.pod_name,
             namespace=self.namespace,
             image=str(self.task_env_config.docker_image),
-            labels=sandbox_labels.sandbox_labels(self._prefix, self.session_id),
+            labels={
+                **sandbox_labels.sandbox_labels(self._prefix, self.session_id),
+                sandbox_egress.EGRESS_LABEL: sandbox_egress.policy_label(
+                    self.network_policy.network_mode.value
+                ),
+            },
             active_deadline_seconds=self._deadline,
             cpus=self._effective_cpus,
             memory_mb=self._effective_memory_mb,
