@@ -32,7 +32,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 
 from verl_patch import coordination, harbor_trial
 from verl_patch.infra_failure import InfraFailure
-from verl_patch.rollout_sample import Sample, build_sample
+from verl_patch.rollout_sample import Sample, build_sample, version_range
 from verl_patch.rollout_settings import RolloutSettings
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,14 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
         return self._output(sample, step)
 
     def _record(self, sample: Sample, step: int | None, split: str, extra: dict[str, Any]) -> None:
+        oldest, newest = version_range(sample.info["weight_versions"], step)
         line = {
-            "step": step,
+            "step": step,  # the step the trial was submitted in (its directory's step)
             "split": split,
             "instance_id": extra.get("instance_id"),
-            **sample.info,
+            **sample.info,  # weight_versions: as the replica reported them per call
+            "min_global_steps": oldest,  # what verl's staleness metrics get (version_range)
+            "max_global_steps": newest,
             "reward": sample.reward,
             "prompt_tokens": len(sample.prompt_ids),
             "response_tokens": len(sample.response_ids),
@@ -149,11 +152,11 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
     @staticmethod
     def _output(sample: Sample, step: int | None = None) -> AgentLoopOutput:
         m = sample.metrics
-        # The weight version that served the trial, which verl's v1 trainer reads from every
-        # output (trainer_base.py 1896-1897: staleness metrics; llm_server.py 160-162 sets it
+        # The weight versions that served the trial, which verl's v1 trainer reads from every
+        # output (trainer_base.py 1896-1897: staleness metrics; llm_server.py 160-162 sets them
         # for calls through its own client). Claude-code reaches the replicas over HTTP, so the
-        # loop sets it: in sync mode step N is served by the weights of step N-1.
-        version = max(0, step - 1) if step is not None else 0
+        # loop sets them: from the versions the proxy recorded per call, else step - 1.
+        oldest, newest = version_range(sample.info["weight_versions"], step)
         return AgentLoopOutput(
             prompt_ids=sample.prompt_ids,
             response_ids=sample.response_ids,
@@ -169,7 +172,7 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
                 "reward_extra_info": dict(m),
                 "hvt_termination": sample.termination.value,
                 "hvt_trial_dir": sample.info["trial_dir"],
-                "min_global_steps": version,
-                "max_global_steps": version,
+                "min_global_steps": oldest,
+                "max_global_steps": newest,
             },
         )

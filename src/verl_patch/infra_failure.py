@@ -20,7 +20,11 @@ What counts (first match wins), and why each cannot be caused by the policy's ow
   row also take a host out, but that is not counted: code in one sandbox could cause it;
 * `serving`: a model call failed with 502/503/504 or a connection error (no replica, a gateway,
   nothing answering), with or without a verifier result: the agent worked without its model.
-  A 500 or 4xx is not counted (what the policy sent can cause it).
+  A 500 or 4xx is not counted (what the policy sent can cause it);
+* `aborted`: a model call was aborted by a weight update (colocate_async's step boundary) and
+  no later call asked the same again: the agent gave up on it or went on without it, so the
+  trial's course was set by the trainer's timing, not by the policy. An aborted call that
+  was retried is not counted: the retry continues the same exact token chain.
 
 A tail-killed rollout is not an infrastructure failure (the policy was too slow): it keeps its
 place with nothing to train on, as before.
@@ -62,10 +66,11 @@ class InfraFailure(RuntimeError):
         self.reason = reason
 
 
-def classify(result: _Rollout, serving_failures: int) -> str | None:
+def classify(result: _Rollout, serving_failures: int, aborted_unretried: int = 0) -> str | None:
     """The infrastructure reason this rollout must not be trained on, or None.
     serving_failures: failed calls of the final attempt that the serving path caused
-    (`TrajectoryStats.infra_failed`)."""
+    (`TrajectoryStats.infra_failed`); aborted_unretried: its calls aborted by a weight update
+    and never asked again (`TrajectoryStats.aborted_unretried`)."""
     final = result.final
     if result.tail_killed:
         return None
@@ -77,4 +82,8 @@ def classify(result: _Rollout, serving_failures: int) -> str | None:
         return f"host_lost: {result.host_lost}"
     if serving_failures:
         return f"serving: {serving_failures} model call(s) failed in the serving path"
+    if aborted_unretried:
+        return (
+            f"aborted: {aborted_unretried} model call(s) aborted by a weight update and not retried"
+        )
     return None

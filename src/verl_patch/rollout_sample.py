@@ -10,7 +10,9 @@ No verl import: `agent_loop` wraps the result into verl's AgentLoopOutput.
 * any other rollout with nothing to train on (tail-killed before its first model call, no
   successful call at all) gets the task prompt and a single end-of-sequence token with mask 0:
   it adds nothing to the gradient but keeps its place (and reward 0) in its group;
-* reward: the verifier's, else 0.0.
+* reward: the verifier's, else 0.0;
+* weight versions: the global steps of the weights that served the calls the sample's tokens
+  come from (`info["weight_versions"]`), where the replica reports them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ class Sample:
     num_turns: int
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def version_range(weight_versions: list[int], step: int | None) -> tuple[int, int]:
+    """The (oldest, newest) weight version that served a sample, for verl's staleness metrics
+    (`min_global_steps`/`max_global_steps`). From the versions the replica reported per call;
+    where it reports none (vLLM), the version a sync step is served by: step N's rollouts run
+    on the weights of step N - 1 (under colocate_async that is the version at submission)."""
+    if weight_versions:
+        return min(weight_versions), max(weight_versions)
+    version = max(0, step - 1) if step is not None else 0
+    return version, version
 
 
 def _placeholder(
@@ -76,7 +89,9 @@ def build_sample(
     fit(seq, max_prompt, max_response)
     termination = classify(final.facts(truncated=seq.truncated))
     reward = final.reward_value
-    infra = infra_failure.classify(result, final.trajectory.infra_failed)
+    infra = infra_failure.classify(
+        result, final.trajectory.infra_failed, final.trajectory.aborted_unretried
+    )
     metrics: dict[str, float] = {
         f"termination/{t.value}": float(t is termination) for t in Termination
     }
@@ -88,6 +103,8 @@ def build_sample(
         "trainable": float(trainable),
         "model_calls": float(stats.succeeded),
         "model_calls_failed": float(stats.failed),
+        "model_calls_aborted": float(stats.aborted),
+        "model_calls_aborted_unretried": float(stats.aborted_unretried),
         "infra_failure": float(infra is not None),
         "time/queued": round(result.queued_sec, 3),
         "time/rollout": round(result.wall_sec, 3),
@@ -102,6 +119,9 @@ def build_sample(
         "sandbox_hosts": list(result.hosts),  # each attempt's host ("default": no fleet)
         "termination": termination.value,
         "infra_failure": infra,  # a reason: the sample is left out of the loss (infra_failure.py)
+        # the global steps of the weights that sampled the trained tokens (as the replica
+        # reported them per call; [] where it reports none, e.g. vLLM)
+        "weight_versions": list(seq.weight_versions),
         "exception": final.exception_type,
         "reward_extra": dict(getattr(final.reward, "extra", {}) or {}),
     }

@@ -16,6 +16,18 @@ calls left out are reported, never hidden. Nothing is re-tokenized on this path.
 Fallback (records without token ids): the last successful call's messages plus its answer are
 rendered with the tokenizer's chat template; assistant spans get mask 1, logprobs 0.0. The
 result says `exact=False` so the caller counts it.
+
+Aborted calls (`aborted: true`, written by the proxy for an answer the replica cut off at a
+weight update; the client got a retryable error instead): never part of a sequence, neither
+as sampled tokens nor as context. An aborted call counts as retried when a later call asked
+the same thing (same messages and tools: claude-code resends the request); the retry then
+continues the chain exactly where the aborted call would have. An aborted call that was not
+retried (the agent gave up, or took the partial answer some other way) leaves a trial whose
+course the abort changed: `TrajectoryStats.aborted_unretried` counts them and the rollout is
+kept out of the loss (`verl_patch.infra_failure`).
+
+Weight versions: each record's `weight_version` (the global step of the weights that served
+it, where the replica reports it); the sequence lists those of the calls it was built from.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ class Call:
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[int, ...]
     logprobs: tuple[float, ...] | None  # aligned with completion_ids, or None
+    weight_version: int | None = None  # the weights that sampled completion_ids, if reported
 
 
 @dataclass
@@ -61,6 +74,9 @@ class TrajectoryStats:
     with_tokens: int = 0
     context_overflow: bool = False
     infra_failed: int = 0  # failed calls of INFRA_STATUS / INFRA_ERRORS
+    aborted: int = 0  # calls the replica aborted (weight updates); not counted as failed
+    aborted_unretried: int = 0  # ... of which no later call asked the same again
+    weight_versions: set[int] = field(default_factory=set)  # of the successful calls
 
 
 @dataclass
@@ -76,6 +92,7 @@ class TokenSequence:
     chains: int = 0
     logprobs_complete: bool = True
     truncated: bool = False
+    weight_versions: list[int] = field(default_factory=list)  # of the calls used, sorted
     notes: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -140,14 +157,34 @@ def _order(record: Mapping[str, Any], position: int) -> tuple[float, int]:
     return (float(t) if isinstance(t, int | float) else float("inf"), position)
 
 
+def _asked(record: Mapping[str, Any]) -> str | None:
+    """What a call asked (its messages and tools), to recognise a retry of it."""
+    request = record.get("request")
+    if not isinstance(request, Mapping) or not isinstance(request.get("messages"), list):
+        return None
+    return json.dumps([request.get("messages"), request.get("tools") or []], sort_keys=True)
+
+
+def _weight_version(record: Mapping[str, Any]) -> int | None:
+    value = record.get("weight_version")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def calls_from_records(
     records: Sequence[Mapping[str, Any]], stats: TrajectoryStats | None = None
 ) -> list[Call]:
-    """Successful calls that carry token ids, in request order."""
+    """Successful calls that carry token ids, in request order (aborted calls never)."""
     stats = stats if stats is not None else TrajectoryStats()
     ordered = sorted(enumerate(records), key=lambda p: _order(p[1], p[0]))
     calls: list[Call] = []
-    for position, record in ordered:
+    for n, (position, record) in enumerate(ordered):
+        if record.get("aborted"):
+            stats.aborted += 1
+            asked = _asked(record)
+            later = (_asked(r) for _, r in ordered[n + 1 :])
+            if asked is None or asked not in later:
+                stats.aborted_unretried += 1
+            continue
         if not record.get("success"):
             stats.failed += 1
             failure = record.get("failure") or {}
@@ -161,6 +198,9 @@ def calls_from_records(
                 stats.infra_failed += 1
             continue
         stats.succeeded += 1
+        version = _weight_version(record)
+        if version is not None:
+            stats.weight_versions.add(version)
         tokens = record.get("tokens") or {}
         choices = tokens.get("choices") if isinstance(tokens, Mapping) else None
         choice = choices[0] if isinstance(choices, list) and choices else {}
@@ -170,7 +210,7 @@ def calls_from_records(
             continue
         stats.with_tokens += 1
         lps = _logprobs(choice.get("logprobs"), len(completion))
-        calls.append(Call(position, prompt, completion, lps))
+        calls.append(Call(position, prompt, completion, lps, version))
     return calls
 
 
@@ -186,6 +226,7 @@ class _Chain:
     calls: int = 0
     sampled: int = 0
     logprobs_complete: bool = True
+    versions: set[int] = field(default_factory=set)
 
     @property
     def length(self) -> int:
@@ -212,6 +253,8 @@ class _Chain:
             self.logprobs += call.logprobs
         self.calls += 1
         self.sampled += len(call.completion_ids)
+        if call.weight_version is not None:
+            self.versions.add(call.weight_version)
 
 
 def assemble_exact(calls: Sequence[Call]) -> TokenSequence | None:
@@ -239,6 +282,7 @@ def assemble_exact(calls: Sequence[Call]) -> TokenSequence | None:
         calls_used=best.calls,
         chains=len(chains),
         logprobs_complete=best.logprobs_complete,
+        weight_versions=sorted(best.versions),
     )
 
 
@@ -366,4 +410,5 @@ def from_trial_dir(
         return None
     seq = assemble_from_messages(conversation[0], conversation[1], render)
     seq.calls_total = stats.succeeded
+    seq.weight_versions = sorted(stats.weight_versions)
     return seq

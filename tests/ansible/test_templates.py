@@ -48,6 +48,13 @@ def test_sandbox_host_gets_tls_keys_but_no_hosts(tmp_path: Path) -> None:
     assert "hosts" not in cfg
 
 
+def test_a_registry_mirror_for_the_sandbox_hosts_pulls(tmp_path: Path) -> None:
+    mirrors = ["https://mirror.internal:5000"]
+    cfg = render(tmp_path, docker_engine_registry_mirrors=mirrors)
+    assert cfg["registry-mirrors"] == mirrors
+    assert "registry-mirrors" not in render(tmp_path)
+
+
 def test_everything_merged_with_user_options_last(tmp_path: Path) -> None:
     cfg = render(
         tmp_path,

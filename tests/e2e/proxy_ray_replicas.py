@@ -13,6 +13,7 @@ Prints `READY <i> <host>:<port>` per replica.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,10 @@ def main() -> None:
         actor = FakeVllmServer.options(name=f"vllm_server_{i}_0").remote(
             i, args.served_model_name, args.delay_s
         )
-        port = ray.get(actor.launch.remote(), timeout=60)
+        # an actor's process can take minutes to start on a loaded machine (the test scales it)
+        port = ray.get(
+            actor.launch.remote(), timeout=float(os.environ.get("HVT_ACTOR_START_TIMEOUT_S", "60"))
+        )
         actors.append(actor)
         print(f"READY {i} 127.0.0.1:{port}", flush=True)
     while True:

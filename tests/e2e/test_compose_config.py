@@ -125,9 +125,9 @@ def test_cpu_mode_drops_the_gpu_and_runs_the_smoke() -> None:
     # each variable the smoke stack sets is named when it is missing (one at a time: compose
     # reports the first it meets, and its order is not fixed)
     for var in ("HVT_SMOKE_TLS_DIR", "HVT_SANDBOX_DOCKERD_IMAGE"):
+        files = ["-f", str(ROOT / "compose.yaml"), "-f", str(ROOT / "compose.cpu.yaml")]
         missing = subprocess.run(
-            ["docker", "compose", "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml"),
-             "-f", str(ROOT / "compose.cpu.yaml"), "config"],
+            ["docker", "compose", "--project-directory", str(ROOT), *files, "config"],
             env={k: v for k, v in env.items() if k != var}, capture_output=True, text=True,
             check=False,
         )  # fmt: skip

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -151,15 +152,17 @@ class Replicas:
     """A driver process holding `count` fake replica actors (like verl's trainer does)."""
 
     def __init__(self, cluster: RayCluster, count: int, start: int = 0, delay_s: float = 0) -> None:
+        # the driver's stderr, shown if it dies; closed in stop()
+        self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable, str(HERE / "proxy_ray_replicas.py"),
                 "--address", cluster.address, "--replicas", str(count),
                 "--start-index", str(start), "--delay-s", str(delay_s),
             ],
-            env=cluster.env,
+            env={**cluster.env, "HVT_ACTOR_START_TIMEOUT_S": str(scaled(60))},
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.errors,
             text=True,
             start_new_session=True,
         )  # fmt: skip
@@ -169,7 +172,9 @@ class Replicas:
         while len(self.ports) < count and time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise AssertionError(f"replica driver exited with {self.proc.wait()}")
+                self.errors.seek(0)
+                tail = self.errors.read()[-3000:]
+                raise AssertionError(f"replica driver exited with {self.proc.wait()}:\n{tail}")
             if line.startswith("READY "):
                 _, index, addr = line.split()
                 self.ports[int(index)] = int(addr.rsplit(":", 1)[1])
@@ -182,6 +187,7 @@ class Replicas:
 
     def stop(self) -> None:
         kill_group(self.proc)
+        self.errors.close()
 
 
 def hvt_litellm_config(

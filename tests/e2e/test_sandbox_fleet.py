@@ -10,9 +10,13 @@ stopping that container is a host dying. The run's coordinator is the one the ag
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from typer.testing import CliRunner
 
 from harbor_patch.environments.docker_daemon import DockerDaemon
 from hvt.cli import app
+from hvt.run import tasks_index
 from tests.conftest import filled_config
 from tests.e2e.test_harbor_remote_docker import BASE, REMOTE, TASKS, build_mini
 from tests.e2e.test_sandbox_check import check_config
@@ -240,3 +245,109 @@ def test_sandbox_check_runs_the_oracle_on_every_host(
     for daemon in daemons:
         assert daemon.host in said
         assert _labelled(daemon, prefix) == []
+
+
+def _setup_seconds(trial_dir: str) -> float:
+    timing = json.loads((Path(trial_dir) / "result.json").read_text())["environment_setup"]
+    started, finished = (datetime.fromisoformat(timing[k]) for k in ("started_at", "finished_at"))
+    return (finished - started).total_seconds()
+
+
+def _image_checks(config: Path) -> dict[str, dict[str, Any]]:
+    result = CliRunner().invoke(app, ["dryrun", "--config", str(config), "--json"])
+    checks = json.loads(result.output)["checks"]
+    return {c["name"]: c for c in checks if c["name"].startswith("sandbox.")}
+
+
+def test_warm_builds_each_task_image_on_each_host_once_and_trials_start_from_it(
+    tmp_path: Path, daemons: list[TlsDaemon]
+) -> None:
+    """`hvt sandbox warm` on the fleet: every task's image on both hosts; the second warm builds
+    nothing; the preflight warns before and is satisfied after; a trial on a warmed host starts
+    from the image without building, a trial of an unwarmed task builds (setup times printed:
+    the README's cold and warm figures)."""
+    prefix = f"hvt-fleet-{uuid.uuid4().hex[:6]}"
+    marker = uuid.uuid4().hex  # new content: tags no earlier test or run has built
+    tasks = tmp_path / "tasks"
+    for name in ("write-answer", "wrong-answer", "check-runtime"):
+        shutil.copytree(TASKS / name, tasks / name)
+        (tasks / name / "environment" / "warm-marker").write_text(marker)
+    cold_task = tmp_path / "cold" / "write-answer"
+    shutil.copytree(tasks / "write-answer", cold_task)
+    (cold_task / "environment" / "warm-marker").write_text(marker + "-cold")
+    index = tasks_index.write_parquet(
+        tasks_index.rows(tasks_index.discover(tasks)), tmp_path / "train.parquet"
+    )
+    hosts = [
+        {"docker_host": d.host, "docker_cert_path": str(d.good_client), "max_concurrent_trials": 2}
+        for d in daemons
+    ]
+    config = check_config(
+        tmp_path,
+        prefix,
+        **{
+            "runtime_info.input.harbor_agent.environment_import_path": REMOTE,
+            "runtime_info.input.harbor_agent.docker_hosts": hosts,
+            "runtime_info.input.data.train_index": str(index),
+            "runtime_info.input.data.val_index": str(index),
+        },
+    )
+    before = _image_checks(config)
+    for d in daemons:
+        said = before[f"sandbox.images[{d.host}]"]
+        assert said["status"] == "warn" and "3 of 3 task images missing" in said["detail"], said
+        assert "hvt sandbox warm" in said["remedy"]
+
+    started = time.monotonic()
+    first = CliRunner().invoke(
+        app, ["sandbox", "warm", "--config", str(config), "--tasks", str(tasks)]
+    )
+    first_s = time.monotonic() - started
+    said = " ".join(first.output.split())
+    assert first.exit_code == 0, first.output
+    assert "warming 3 task image(s) on 2 host(s)" in said
+    assert (
+        "6 image(s) on the hosts" in said and "6 built, 0 pulled, 0 already there, 0 failed" in said
+    )
+    started = time.monotonic()
+    second = CliRunner().invoke(
+        app, ["sandbox", "warm", "--config", str(config), "--tasks", str(tasks)]
+    )
+    second_s = time.monotonic() - started
+    said = " ".join(second.output.split())
+    assert second.exit_code == 0, second.output
+    assert "0 built, 0 pulled, 6 already there, 0 failed" in said
+    after = _image_checks(config)
+    for d in daemons:
+        said = after[f"sandbox.images[{d.host}]"]
+        assert said["status"] == "ok" and "all 3 task images are there" in said["detail"], said
+        assert _labelled(d, prefix) == []  # a warm starts no sandbox
+
+    # trials with environment_force_build false (the default): the warmed task starts from its
+    # image; the unwarmed one builds (and tags) its own
+    on_a = _settings(tmp_path, prefix, "", _fleet(daemons[:1], limit=2), retries=0)
+    settings = replace(
+        replace(on_a, env_kwargs={"pod_name_prefix": prefix}).for_host(daemons[0].host),
+        force_build=False,
+    )
+
+    async def both() -> list[harbor_trial.RolloutResult]:
+        return list(
+            await asyncio.gather(
+                harbor_trial.run_rollout(settings, tasks / "write-answer", "step_0003"),
+                harbor_trial.run_rollout(settings, cold_task, "step_0003"),
+            )
+        )
+
+    warm_run, cold_run = asyncio.run(both())
+    for run in (warm_run, cold_run):
+        assert run.final is not None and run.final.reward_value == 1.0, run
+    warm_log = (Path(warm_run.final.trial_dir) / "trial.log").read_text()
+    cold_log = (Path(cold_run.final.trial_dir) / "trial.log").read_text()
+    assert "starting from the warmed image hvt-env/write-answer:" in warm_log
+    assert "starting from the warmed image" not in cold_log
+    print(  # the README's figures (pytest -s)
+        f"\nwarm: first {first_s:.1f} s (6 built), second {second_s:.1f} s (none built); "
+        f"environment setup of a trial: cold {_setup_seconds(cold_run.final.trial_dir):.1f} s, "
+        f"warm {_setup_seconds(warm_run.final.trial_dir):.1f} s"
+    )

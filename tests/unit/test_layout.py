@@ -61,7 +61,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "preflight": {"config", "repos"} | LEAF,
     "run": {"config", "preflight", "proxy", "repos"} | LEAF,
     # Harbor trials as the agent loop runs them, from the operator's side (hvt sandbox)
-    "sandbox": {"config", "run"} | LEAF | {"verl_patch", "harbor_patch"},
+    "sandbox": {"config", "preflight", "run"} | LEAF | {"verl_patch", "harbor_patch"},
     "smoke": ALL_PARTS - {"smoke"} | LEAF | {"verl_patch", "harbor_patch"},
     "commands": ALL_PARTS | LEAF | {"root"},  # the command line: the only importer of smoke
     "cli": {"commands", "root"},

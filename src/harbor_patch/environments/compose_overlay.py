@@ -5,6 +5,8 @@ Harbor merges `-f` files in order; this overlay comes last. It
 * labels every service of the project (main and any task-defined sidecar) and the project
   network with `harbor-run=<prefix>` and the owner labels, so `hvt clean --pods` finds them;
 * stops containers after 1 s instead of 10 (nothing in a sandbox needs a graceful stop);
+* names the image of `main` (`main_image`, env_image.py) when the environment gives one, so a
+  build tags it by content and a warmed host starts from it;
 * mounts the staged runtime volume (declared external: compose never creates or deletes it)
   read-only at the runtime mount path of `main`, and tells the agent where it is
   (CUSTOM_AGENT_RUNTIME_ROOT).
@@ -44,6 +46,7 @@ def overlay(
     services: Iterable[str] = (MAIN_SERVICE,),
     runtime_volume: str | None = None,
     runtime_mount_path: str | None = None,
+    main_image: str | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "services": {
@@ -51,6 +54,8 @@ def overlay(
         },
         "networks": {"default": {"labels": dict(labels)}},
     }
+    if main_image:
+        spec["services"].setdefault(MAIN_SERVICE, {"labels": dict(labels)})["image"] = main_image
     if runtime_volume:
         if not runtime_mount_path or not runtime_mount_path.startswith("/"):
             raise ValueError(

@@ -18,7 +18,12 @@ disk is not this machine's.
   enforced, and switched per phase, by our egress relay on an internal compose network
   (sandbox_egress.py, which also says why Harbor's own egress sidecar is not used). The
   relay runs from the agent-runtime image; claude-code reaches the proxy through it
-  (`sandbox_proxy_url`). A sandbox whose policies are all `public` gets none of it.
+  (`sandbox_proxy_url`). A sandbox whose policies are all `public` gets none of it;
+* `main` is tagged by content (`hvt-env/<task>:<digest>`, env_image.py). When the daemon
+  already has that image and `force_build` is false, the trial starts from it and builds
+  nothing (`image_source` "warm"); otherwise it builds and tags it ("built"). Tasks that name
+  their own `docker_image` keep Harbor's path. `build_image()` does only the build (or pull):
+  `hvt sandbox warm`.
 
 Environment kwargs (TrialConfig.environment.kwargs): docker_host, docker_cert_path,
 docker_tls_verify, allow_insecure, agent_runtime_image, agent_runtime_mount_path,
@@ -37,22 +42,30 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any, ClassVar, override
+from typing import Any, ClassVar, Literal, override
 
 from harbor.environments.capabilities import EnvironmentCapabilities
 from harbor.environments.docker.docker import DockerEnvironment
 from harbor.environments.docker.runtime import ContainerRuntime
-from harbor.models.task.config import NetworkMode, NetworkPolicy
+from harbor.models.task.config import EnvironmentConfig, NetworkMode, NetworkPolicy
 
 from harbor_patch import labels as sandbox_labels
-from harbor_patch.environments import agent_runtime, compose_overlay, sandbox_egress
+from harbor_patch.environments import (
+    agent_runtime,
+    compose_overlay,
+    env_image,
+    sandbox_egress,
+)
 from harbor_patch.environments.docker_daemon import DaemonConfigError, DockerDaemon
 
 OVERLAY_NAME = "docker-compose-hvt.json"
 PROXY_URL_ENV = "HVT_PROXY_URL"
+PULL_TIMEOUT_SEC = 1800.0  # a 1-3 GB SWE task image through a slow mirror
+ImageSource = Literal["warm", "built", "present", "pulled", "task"]
 
 
 class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
+    task_env_config: EnvironmentConfig  # Harbor's attribute, replaced by a copy for a warm start
     _daemon: ClassVar[DockerDaemon | None] = None
     _bound: ClassVar[dict[tuple[type, DockerDaemon], type]] = {}
     # Harbor serializes the builds of one environment with class-level asyncio locks. Here they
@@ -95,6 +108,8 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
         self._overlay_dir: tempfile.TemporaryDirectory[str] | None = None
         self._overlay_path: Path | None = None
         self.staged_runtime: agent_runtime.StagedRuntime | None = None
+        self.main_image: str | None = None  # the image `main` ran (start) or got (build_image)
+        self.image_source: ImageSource | None = None
         # Egress control is on when any policy Harbor may ask for is not public. Set before
         # Harbor's __init__, which validates those policies against our capabilities.
         policies: list[NetworkPolicy] = [
@@ -240,6 +255,65 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
             paths.append(self._overlay_path)
         return paths
 
+    @property
+    def content_image_tag(self) -> str:
+        """`hvt-env/<task>:<digest>` of this environment and the run's extra compose files."""
+        return env_image.image_tag(
+            self.environment_name, self.environment_id, self.extra_docker_compose_paths
+        )
+
+    async def _image_size(self, image: str) -> int | None:
+        return await env_image.image_size(type(self).runtime().engine, image)
+
+    async def _choose_main_image(self, force_build: bool) -> str | None:
+        """The content tag for `main`, switched to Harbor's prebuilt path when the daemon has it
+        and no build is forced. None for a task that names its own image."""
+        if self.task_env_config.docker_image:
+            self.main_image, self.image_source = self.task_env_config.docker_image, "task"
+            return None
+        tag = self.content_image_tag
+        self.main_image, self.image_source = tag, "built"
+        self._env_vars.main_image_name = tag  # Harbor checks the built image's OS by this name
+        if force_build:
+            return tag
+        try:
+            size = await self._image_size(tag)
+        except RuntimeError as exc:  # a slow daemon: build as before, which also tags it
+            self.logger.warning(f"{exc}; building {tag}")
+            size = None
+        if size is not None:
+            # Harbor's prebuilt path (`image:` instead of `build:`); a copy, so the task's
+            # environment config is not changed for anything else that holds it
+            self.task_env_config = self.task_env_config.model_copy(update={"docker_image": tag})
+            self._env_vars.prebuilt_image_name = tag
+            self.image_source = "warm"
+            self.logger.info(f"starting from the warmed image {tag} (no build)")
+        return tag
+
+    def _write_overlay(
+        self, main_image: str | None, runtime_volume: str | None = None, egress: bool = False
+    ) -> None:
+        labels = sandbox_labels.sandbox_labels(self._run_prefix, self.session_id)
+        spec = compose_overlay.overlay(
+            labels,
+            compose_overlay.service_names(self._user_compose_paths()),
+            runtime_volume=runtime_volume,
+            runtime_mount_path=self._runtime_mount_path,
+            main_image=main_image,
+        )
+        if egress:
+            spec = compose_overlay.merge(spec, self._egress_overlay(labels))
+        self._overlay_dir = tempfile.TemporaryDirectory(prefix="hvt-compose-")
+        self._overlay_path = compose_overlay.write(
+            Path(self._overlay_dir.name) / OVERLAY_NAME, spec
+        )
+
+    def _remove_overlay(self) -> None:
+        if self._overlay_dir is not None:
+            self._overlay_dir.cleanup()
+            self._overlay_dir = None
+            self._overlay_path = None
+
     @override
     async def start(self, force_build: bool) -> None:
         volume = None
@@ -253,22 +327,55 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
                 progress=self.logger.info,
             )
             volume = self.staged_runtime.volume
-        labels = sandbox_labels.sandbox_labels(self._run_prefix, self.session_id)
-        spec = compose_overlay.overlay(
-            labels,
-            compose_overlay.service_names(self._user_compose_paths()),
-            runtime_volume=volume,
-            runtime_mount_path=self._runtime_mount_path,
-        )
-        if self._egress:
-            spec = compose_overlay.merge(spec, self._egress_overlay(labels))
-        self._overlay_dir = tempfile.TemporaryDirectory(prefix="hvt-compose-")
-        self._overlay_path = compose_overlay.write(
-            Path(self._overlay_dir.name) / OVERLAY_NAME, spec
-        )
+        self._write_overlay(await self._choose_main_image(force_build), volume, self._egress)
         await super().start(force_build)
         if self._egress:
             await self._enforce(self.network_policy)
+
+    async def build_image(self, rebuild: bool = False) -> int:
+        """Only the image(s) a trial of this task would build or pull, on this daemon; starts
+        nothing. Sets `main_image` and `image_source` ("present": already there, "built",
+        "pulled"); returns the size of `main`'s image in bytes. `rebuild` builds even when the
+        tag is there (BuildKit's cache still applies)."""
+        if self.task_env_config.docker_image:  # the task's own image: pull it if missing
+            image = self.task_env_config.docker_image
+            self.main_image, self.image_source = image, "present"
+            size = await self._image_size(image)
+            if size is None:
+                await self._engine(["pull", image], timeout_sec=PULL_TIMEOUT_SEC)
+                self.image_source = "pulled"
+                size = await self._image_size(image)
+            if size is None:
+                raise RuntimeError(f"{image} is not on {self.daemon.display} after the pull")
+            return size
+        tag = self.content_image_tag
+        self.main_image, self.image_source = tag, "present"
+        size = None if rebuild else await self._image_size(tag)
+        if size is not None:
+            return size
+        # the compose files Harbor's start() writes before its build, then only the build
+        self._mounts_compose_path = self._write_mounts_compose_file()
+        self._env_compose_path = self._write_env_compose_file()
+        self._write_egress_control_services_compose_file()
+        self._write_overlay(tag)
+        try:
+            if self._enable_egress_control:
+                await self._ensure_egress_control_sidecar_image_built()
+            self._resources_compose_path = await self._write_resources_compose_file()
+            lock = self._image_build_locks.setdefault(self.environment_name, asyncio.Lock())
+            async with lock:
+                await self._run_docker_compose_command(["build"])
+        finally:
+            self._cleanup_mounts_compose_file()
+            self._cleanup_resources_compose_file()
+            self._cleanup_env_compose_file()
+            self._cleanup_egress_control_services_compose_file()
+            self._remove_overlay()
+        self.image_source = "built"
+        size = await self._image_size(tag)
+        if size is None:
+            raise RuntimeError(f"the build of {self.environment_name} did not tag {tag}")
+        return size
 
     # -- egress control --------------------------------------------------------------------
 
@@ -354,7 +461,4 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
         try:
             await super().stop(delete)
         finally:
-            if self._overlay_dir is not None:
-                self._overlay_dir.cleanup()
-                self._overlay_dir = None
-                self._overlay_path = None
+            self._remove_overlay()

@@ -167,7 +167,9 @@ class HarborAgent(Section):
         default="harbor_patch.environments.remote_docker:RemoteDockerEnvironment",
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
     )
-    environment_force_build: bool = True
+    # false: a trial starts from its task's content-tagged image when the host has it (hvt
+    # sandbox warm), else builds and tags it; true: every trial builds (BuildKit's cache applies)
+    environment_force_build: bool = False
     environment_delete: bool = True
     environment_override_cpus: PositiveInt = 1
     environment_override_memory_mb: Annotated[int, Field(ge=256)] = 8192

@@ -42,6 +42,14 @@ GROUPS: tuple[CheckGroup, ...] = (
 )
 
 
+def register_group(group: CheckGroup) -> None:
+    """Add a check group from a part the preflight does not import (the command line does it:
+    hvt.commands.preflight registers the sandbox image check)."""
+    global GROUPS
+    if group not in GROUPS:
+        GROUPS = (*GROUPS, group)
+
+
 def preflight(config_file: Path) -> tuple[list[Check], Context | None]:
     """All checks for a config file; the context is None when the config cannot be typed."""
     cfg, problems = check(config_file)

@@ -136,7 +136,7 @@ def check_venv(ctx: Context) -> Iterator[Check]:
         yield ok("venv.docker_sdk", f"docker SDK {sdk.get('version', '')} at {origin}")
 
 
-def _input_path(ctx: Context, value: str) -> Path:
+def input_path(ctx: Context, value: str) -> Path:
     path = Path(value)
     if not path.is_absolute() and ctx.cfg.inputs.data.data_dir:
         path = Path(ctx.cfg.inputs.data.data_dir) / path
@@ -163,7 +163,7 @@ def check_inputs(ctx: Context) -> Iterator[Check]:
             "fix runtime_info.input.model.model_path (mount it into the trainer)",
         )
     for key in ("train_index", "val_index"):
-        path = _input_path(ctx, getattr(i.data, key))
+        path = input_path(ctx, getattr(i.data, key))
         if HUMAN_MARKER in (getattr(i.data, key), i.data.data_dir):
             yield skip(f"inputs.{key}", "not filled in yet (see config.valid)")
         elif path.is_file() and path.stat().st_size > 0:

@@ -133,11 +133,22 @@ def rows(
     ]
 
 
+def read_task_paths(index: Path) -> list[Path]:
+    """The `extra_info.harbor_task_path` of every row of an index written by `rows`."""
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    try:
+        table = pq.read_table(index, columns=["extra_info"])
+    except Exception as exc:  # not a parquet file, or not one of ours
+        raise TaskIndexError(f"{index}: not a tasks index ({exc})") from None
+    return [Path(row["harbor_task_path"]) for row in table.column("extra_info").to_pylist()]
+
+
 def write_parquet(table_rows: list[dict[str, Any]], output: Path) -> Path:
     """Write atomically (a temporary file renamed into place)."""
     try:
-        import pyarrow as pa  # type: ignore[import-untyped]
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
         raise TaskIndexError(
             "pyarrow is not installed in this venv (pip install pyarrow, or use the trainer "

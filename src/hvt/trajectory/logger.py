@@ -14,12 +14,22 @@ is written once both the success event and the end of the stream have been seen 
 drops the `prompt_token_ids` vLLM puts in the first chunk; for those calls the logger asks the
 same replica's `/tokenize` with the exact body LiteLLM sent (messages, tools, chat template
 options), i.e. vLLM's own rendering of that prompt (`prompt_token_ids_source: "vllm-tokenize"`).
+
+Aborted calls (`hvt.trajectory.aborts`): an answer the replica aborted (a weight update under
+`training.mode: colocate_async`) never reaches the client as an answer. Non-streamed, the
+success hook raises `AbortedCall` (HTTP 529, `overloaded_error`); streamed, the iterator hook
+ends the stream with that error instead of its closing events and writes the call's record
+itself (LiteLLM logs no event for a stream a hook ended). The record says `aborted: true`.
+
+Every record carries `weight_version` (and `weight_version_source`): the global step of the
+weights that answered, where the replica reports it (`x-hvt-weight-version`), else null.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime as dt
 import logging
 import os
 import re
@@ -30,6 +40,7 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from hvt.trajectory import aborts
 from hvt.trajectory import paths as trajectory_paths
 from hvt.trajectory import record as trajectory_record
 from hvt.trajectory.writer import TrajectoryWriter
@@ -37,6 +48,7 @@ from hvt.trajectory.writer import TrajectoryWriter
 log = logging.getLogger("hvt.trajectory")
 STREAM_MERGE_WAIT_S = 10.0
 STREAM_PART_TTL_S = 120.0
+ABORTED_TTL_S = 600.0
 TOKENIZE_TIMEOUT_S = 10.0
 TOKENIZE_FIELDS = (
     "tools",
@@ -61,6 +73,35 @@ def tokenize_request(
     return re.sub(r"/v1/?$", "", api_base.rstrip("/")) + "/tokenize", body
 
 
+def _chunks(response: Any) -> list[Any]:
+    """The OpenAI-shape chunks a streamed response has received so far (LiteLLM's stream
+    wrappers keep them as `chunks`, also under the Anthropic adapter's byte stream)."""
+    chunks = getattr(response, "chunks", None)
+    return list(chunks) if isinstance(chunks, list) else []
+
+
+def stream_kwargs(request_data: Mapping[str, Any], chunks: list[Any]) -> dict[str, Any]:
+    """LiteLLM-callback-shaped kwargs for a stream that has no logging event: the proxy's
+    request data and the deployment the chunks came from."""
+    proxy_request = request_data.get("proxy_server_request") or {}
+    url = str(proxy_request.get("url") or "") if isinstance(proxy_request, Mapping) else ""
+    hidden: Any = getattr(chunks[0], "_hidden_params", None) if chunks else None
+    api_base = hidden.get("api_base") if isinstance(hidden, Mapping) else None
+    return {
+        "litellm_call_id": request_data.get("litellm_call_id"),
+        "call_type": "anthropic_messages"
+        if url.rstrip("/").endswith("messages")
+        else "acompletion",
+        "model": request_data.get("model"),
+        "stream": True,
+        "litellm_params": {
+            "proxy_server_request": proxy_request,
+            "metadata": request_data.get("metadata") or request_data.get("litellm_metadata"),
+            "api_base": api_base,
+        },
+    }
+
+
 class TrajectoryLogger(CustomLogger):
     def __init__(self, root: Path | None = None) -> None:
         super().__init__()
@@ -72,6 +113,8 @@ class TrajectoryLogger(CustomLogger):
         self._tokenize: dict[str, tuple[str, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stream_parts: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._aborted: dict[str, float] = {}  # call id -> when its deployment answered `abort`
+        self.finish_reason_registered = aborts.register_abort_finish_reason()
         if self.root is None:
             log.error(
                 "%s is not set: trajectory records will not be written",
@@ -92,17 +135,57 @@ class TrajectoryLogger(CustomLogger):
     ) -> None:
         self._event(kwargs, response_obj, start_time, end_time, success=False)
 
+    async def async_post_call_success_deployment_hook(
+        self, request_data: dict[str, Any], response: Any, call_type: Any
+    ) -> Any:
+        """Sees the OpenAI-shape answer before LiteLLM's Anthropic adapter rewrites it (the
+        adapter's `end_turn` hides the abort); exceptions here are swallowed by LiteLLM, so the
+        call is only remembered for the success hook."""
+        try:
+            call_id = str(request_data.get("litellm_call_id") or "")
+            if call_id and aborts.response_aborted(response):
+                now = time.monotonic()
+                self._aborted[call_id] = now
+                for key in [k for k, t in self._aborted.items() if now - t > ABORTED_TTL_S]:
+                    del self._aborted[key]
+        except Exception:
+            log.exception("checking a deployment answer for an abort failed")
+        return None
+
+    async def async_post_call_success_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any
+    ) -> Any:
+        call_id = str(data.get("litellm_call_id") or "")
+        if self._aborted.pop(call_id, None) is not None or aborts.response_aborted(response):
+            raise aborts.AbortedCall()
+        return None
+
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
+        aborted = False
+        checked = 0  # chunks already looked at: each is checked once, however long the stream
         try:
             async for item in response:
+                received = getattr(response, "chunks", None)
+                if isinstance(received, list):
+                    checked = checked if checked <= len(received) else 0  # a fallback's new list
+                    aborted = aborts.stream_aborted(received[checked:])
+                    checked = len(received)
+                if aborted or aborts.response_aborted(item):
+                    aborted = True
+                    break
                 yield item
         finally:
             try:
-                self._stream_done(response, request_data)
+                if aborted:
+                    self._stream_aborted(response, request_data)
+                else:
+                    self._stream_done(response, request_data)
             except Exception:
                 log.exception("collecting stream token data failed")
+        if aborted:
+            raise aborts.AbortedCall()
 
     # --- internals ----------------------------------------------------------------------
 
@@ -119,7 +202,16 @@ class TrajectoryLogger(CustomLogger):
             if not trial_dir:
                 self.unrouted += 1
                 return
+            if not success and isinstance(kwargs.get("exception"), aborts.AbortedCall):
+                return  # the iterator hook wrote this stream's record
             record = trajectory_record.build(kwargs, response_obj, start_time, end_time, success)
+            if success and aborts.response_aborted(record.get("response")):
+                aborts.mark_record(record)
+                record["tokens_status"] = (
+                    "ok" if trajectory_record.has_token_ids(record["tokens"]) else "missing"
+                )
+                self._submit(trial_dir, record)
+                return
             call_id = str(kwargs.get("litellm_call_id") or "")
             streamed = bool(record["request"].get("stream")) and success
             if streamed and call_id:
@@ -146,12 +238,30 @@ class TrajectoryLogger(CustomLogger):
         except Exception:
             log.exception("building a trajectory record failed")
 
+    def _stream_aborted(self, response: Any, request_data: Mapping[str, Any]) -> None:
+        """The record of a stream the replica aborted: what was asked, the partial tokens, the
+        error the client got instead of the stream's end."""
+        kwargs = stream_kwargs(request_data, _chunks(response))
+        trial_dir = trajectory_record.request_headers(kwargs).get(trajectory_paths.HEADER)
+        if not trial_dir:
+            self.unrouted += 1
+            return
+        logging_obj = request_data.get("litellm_logging_obj")
+        start = getattr(logging_obj, "start_time", None)
+        record = trajectory_record.build(kwargs, None, start, dt.datetime.now(), success=False)
+        record["tokens"] = trajectory_record.tokens_from_chunks(_chunks(response))
+        record["tokens_status"] = (
+            "ok" if trajectory_record.has_token_ids(record["tokens"]) else "missing"
+        )
+        version, source = trajectory_record.weight_version(kwargs, *_chunks(response))
+        record["weight_version"], record["weight_version_source"] = version, source
+        self._submit(trial_dir, aborts.mark_record(record))
+
     def _stream_done(self, response: Any, request_data: Mapping[str, Any]) -> None:
         call_id = str(request_data.get("litellm_call_id") or "")
         if not call_id:
             return
-        chunks = getattr(response, "chunks", None)
-        tokens = trajectory_record.tokens_from_chunks(chunks if isinstance(chunks, list) else [])
+        tokens = trajectory_record.tokens_from_chunks(_chunks(response))
         pending = self._pending.pop(call_id, None)
         if pending is not None:
             trial_dir, record, timer = pending

@@ -16,6 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 SCHEMA = "hvt.trajectory/1"
+# The replica's weight version (the global step of the weights that answered; the CPU rollout
+# server sends it, vLLM does not): response header, as LiteLLM passes provider headers on
+# (`llm_provider-<name>`), or the chat.completion body's field.
+WEIGHT_VERSION_HEADER = "x-hvt-weight-version"
+WEIGHT_VERSION_FIELD = "weight_version"
 REDACTED = "[REDACTED]"
 SECRET_KEYS = {
     "api_key",
@@ -254,6 +259,48 @@ def tokens_from_chunks(chunks: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def _version(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _header_version(headers: Any) -> int | None:
+    if not isinstance(headers, Mapping):
+        return None
+    for key, value in headers.items():
+        if str(key).lower().endswith(WEIGHT_VERSION_HEADER):
+            return _version(value)
+    return None
+
+
+def weight_version(kwargs: Mapping[str, Any], *responses: Any) -> tuple[int | None, str]:
+    """(the weight version that served the call, where it was read), or (None, 'unavailable')
+    when the replica does not report one (vLLM)."""
+    for response in responses:
+        hidden = response.get("_hidden_params") if isinstance(response, Mapping) else None
+        hidden = hidden if hidden is not None else getattr(response, "_hidden_params", None)
+        found = _header_version(_get(hidden, "additional_headers"))
+        if found is not None:
+            return found, "header"
+    for path in (
+        ("standard_logging_object", "hidden_params", "additional_headers"),
+        ("response_headers",),
+    ):
+        found = _header_version(_get(kwargs, *path))
+        if found is not None:
+            return found, "header"
+    for response in responses:
+        found = _version(_get(to_plain(response), WEIGHT_VERSION_FIELD))
+        if found is not None:
+            return found, "body"
+    return None, "unavailable"
+
+
 def has_token_ids(tokens: Mapping[str, Any]) -> bool:
     return any(c.get("token_ids") for c in tokens.get("choices") or [])
 
@@ -369,6 +416,9 @@ def build(
         },
         "request": request_section(kwargs),
     }
+    version, source = weight_version(kwargs, response_obj)
+    record["weight_version"] = version
+    record["weight_version_source"] = source
     if success:
         response = to_plain(response_obj)
         response = response if isinstance(response, dict) else {"raw_response": response}

@@ -16,6 +16,14 @@ The tokens and log-probabilities are the ones the model really sampled, at the r
 temperature, so verl's rollout-vs-actor log-prob metrics compare like with like. While the
 server sleeps (weights being replaced), new requests wait; `abort_all_requests` ends the ones in
 flight with stop reason `aborted` (HTTP finish_reason `abort`), as vLLM does.
+
+Every HTTP answer names the weights that produced it: the global step of the loaded weights
+(`update_weights`' `global_steps`, 0 before the first update) in the response header
+`x-hvt-weight-version` and the body's `weight_version`. The proxy's trajectory logger records
+it per call (vLLM's own server has no such field: see docs/rollout.md).
+
+The gate and the sampling loop (`GatedSampler`) are separate from the model (`HFPolicy`), so
+the abort and resume semantics are the same whatever produces the next token.
 """
 
 from __future__ import annotations
@@ -27,11 +35,15 @@ import socket
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 24  # per call: the tiny smoke policy writes noise, short noise keeps trials fast
+WEIGHT_VERSION_HEADER = "x-hvt-weight-version"
 
 
 def _text(content: Any) -> str:
@@ -42,35 +54,115 @@ def _text(content: Any) -> str:
     return "" if content is None else json.dumps(content)
 
 
-class HFPolicy:
-    """Sampling with the real token ids and log-probabilities of a Hugging Face causal LM.
+@dataclass(frozen=True)
+class Sampled:
+    token_ids: list[int]
+    logprobs: list[float]
+    reason: str  # 'completed', 'length' or 'aborted'
+    weight_version: int  # the weights every token of this answer came from
 
-    `awake` gates new work (cleared while the weights are replaced); `aborting` ends the
-    samples in flight. Both are threading primitives: HTTP requests run on the server's own
-    event loop thread, verl's calls on the Ray actor's.
+
+class GatedSampler(ABC):
+    """The sampling loop with vLLM's pause semantics, for any next-token model.
+
+    `awake` gates new work (cleared while the weights are replaced: a new request waits);
+    `aborting` ends the samples in flight (stop reason 'aborted', the tokens so far are
+    returned). Both are threading primitives: HTTP requests run on the server's own event loop
+    thread, verl's calls on the Ray actor's. `lock` serialises sampling and weight loads, so
+    one answer never mixes two weight versions.
+
+    A subclass supplies the model: `begin` (prompt -> state), `step` (state -> token id, its
+    log-probability, next state), `eos_token_id`, `load_weights` (under `lock`, setting
+    `weight_version`), and the text side (`prompt_ids`, `decode`, `token_strings`, `text_ids`).
     """
 
-    def __init__(
-        self,
-        model_dir: Path,
-        max_new_tokens: int = MAX_NEW_TOKENS,
-        max_prompt_tokens: int = 4096,  # longer chat prompts keep their last tokens
-    ) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    eos_token_id: int | None = None
 
-        torch.set_num_threads(1)
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    def __init__(self, max_new_tokens: int = MAX_NEW_TOKENS, max_prompt_tokens: int = 4096) -> None:
         self.max_new_tokens = max_new_tokens
-        self.max_prompt_tokens = max_prompt_tokens
+        self.max_prompt_tokens = max_prompt_tokens  # longer chat prompts keep their last tokens
         self.lock = threading.Lock()
         self.awake = threading.Event()
         self.awake.set()
         self.aborting = threading.Event()
         self.in_flight: set[str] = set()
         self.weight_version = 0  # the global step whose weights are loaded (0: initial)
+
+    # -- the model (subclasses) --------------------------------------------------------------
+
+    @abstractmethod
+    def begin(self, prompt: list[int], temperature: float, seed: int) -> Any: ...
+
+    @abstractmethod
+    def step(self, state: Any) -> tuple[int, float, Any]: ...
+
+    @abstractmethod
+    def load_weights(self, state_dict: dict[str, Any], version: int) -> int: ...
+
+    @abstractmethod
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]: ...
+
+    @abstractmethod
+    def text_ids(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def token_strings(self, ids: Sequence[int]) -> list[str]: ...
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def sample(
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        request_id: str,
+    ) -> Sampled:
+        self.awake.wait()
+        out_ids: list[int] = []
+        out_lp: list[float] = []
+        reason = "length"
+        self.in_flight.add(request_id)
+        try:
+            with self.lock:
+                version = self.weight_version
+                state = self.begin(prompt, temperature, seed)
+                for _ in range(max(1, min(max_tokens, self.max_new_tokens))):
+                    if self.aborting.is_set():
+                        reason = "aborted"
+                        break
+                    token, logprob, state = self.step(state)
+                    out_ids.append(token)
+                    out_lp.append(logprob)
+                    if token == self.eos_token_id:
+                        reason = "completed"
+                        break
+        finally:
+            self.in_flight.discard(request_id)
+        return Sampled(out_ids, out_lp, reason, version)
+
+
+class HFPolicy(GatedSampler):
+    """Sampling with the real token ids and log-probabilities of a Hugging Face causal LM."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        max_prompt_tokens: int = 4096,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        super().__init__(max_new_tokens, max_prompt_tokens)
+        torch.set_num_threads(1)
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.eos_token_id = self.tokenizer.eos_token_id
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
         plain = [
@@ -83,47 +175,38 @@ class HFPolicy:
             encoded = encoded["input_ids"]
         return [int(t) for t in encoded][-self.max_prompt_tokens :]
 
-    def sample(
-        self,
-        prompt: list[int],
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-        request_id: str,
-    ) -> tuple[list[int], list[float], str]:
-        """(token ids, log-probs, stop reason: 'completed', 'length' or 'aborted')."""
+    def text_ids(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer(text)["input_ids"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        return [str(self.tokenizer.convert_ids_to_tokens(int(t))) for t in ids]
+
+    def begin(self, prompt: list[int], temperature: float, seed: int) -> Any:
+        return {
+            "ids": self.torch.tensor([prompt]),
+            "past": None,
+            "temperature": temperature,
+            "generator": self.torch.Generator().manual_seed(seed),
+        }
+
+    def step(self, state: Any) -> tuple[int, float, Any]:
         torch = self.torch
-        self.awake.wait()
-        generator = torch.Generator().manual_seed(seed)
-        out_ids: list[int] = []
-        out_lp: list[float] = []
-        reason = "length"
-        self.in_flight.add(request_id)
-        try:
-            with self.lock, torch.no_grad():
-                ids = torch.tensor([prompt])
-                past = None
-                for _ in range(max(1, min(max_tokens, self.max_new_tokens))):
-                    if self.aborting.is_set():
-                        reason = "aborted"
-                        break
-                    result = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-                    past = result.past_key_values
-                    logits = result.logits[0, -1].float()
-                    logp = torch.log_softmax(logits / max(temperature, 1e-5), dim=-1)
-                    if temperature <= 0:
-                        token = int(torch.argmax(logp))
-                    else:
-                        token = int(torch.multinomial(logp.exp(), 1, generator=generator))
-                    out_ids.append(token)
-                    out_lp.append(float(logp[token]))
-                    if token == self.tokenizer.eos_token_id:
-                        reason = "completed"
-                        break
-                    ids = torch.tensor([[token]])
-        finally:
-            self.in_flight.discard(request_id)
-        return out_ids, out_lp, reason
+        with torch.no_grad():
+            result = self.model(
+                input_ids=state["ids"], past_key_values=state["past"], use_cache=True
+            )
+        logits = result.logits[0, -1].float()
+        temperature = state["temperature"]
+        logp = torch.log_softmax(logits / max(temperature, 1e-5), dim=-1)
+        if temperature <= 0:
+            token = int(torch.argmax(logp))
+        else:
+            token = int(torch.multinomial(logp.exp(), 1, generator=state["generator"]))
+        state = {**state, "ids": torch.tensor([[token]]), "past": result.past_key_values}
+        return token, float(logp[token]), state
 
     def load_weights(self, state_dict: dict[str, Any], version: int) -> int:
         """Replace the weights (names as the FSDP actor's HF state dict); returns how many."""
@@ -142,16 +225,11 @@ class HFPolicy:
         return len(state_dict)
 
 
-def _logprobs(policy: HFPolicy, ids: list[int], lps: list[float]) -> dict[str, Any]:
+def _logprobs(policy: GatedSampler, ids: list[int], lps: list[float]) -> dict[str, Any]:
     return {
         "content": [
-            {
-                "token": policy.tokenizer.convert_ids_to_tokens(t),
-                "logprob": lp,
-                "bytes": None,
-                "top_logprobs": [],
-            }
-            for t, lp in zip(ids, lps, strict=True)
+            {"token": token, "logprob": lp, "bytes": None, "top_logprobs": []}
+            for token, lp in zip(policy.token_strings(ids), lps, strict=True)
         ]
     }
 
@@ -159,7 +237,7 @@ def _logprobs(policy: HFPolicy, ids: list[int], lps: list[float]) -> dict[str, A
 FINISH = {"completed": "stop", "length": "length", "aborted": "abort"}
 
 
-def build_app(policy: HFPolicy, served_model_name: str) -> Any:
+def build_app(policy: GatedSampler, served_model_name: str) -> Any:
     from aiohttp import web
 
     async def models(_request: web.Request) -> web.Response:
@@ -180,7 +258,7 @@ def build_app(policy: HFPolicy, served_model_name: str) -> Any:
         if "messages" in body:
             ids = policy.prompt_ids(body.get("messages") or [])
         else:
-            ids = list(policy.tokenizer(str(body.get("prompt", "")))["input_ids"])
+            ids = policy.text_ids(str(body.get("prompt", "")))
         return web.json_response(
             {"count": len(ids), "max_model_len": policy.max_prompt_tokens, "tokens": ids}
         )
@@ -195,11 +273,12 @@ def build_app(policy: HFPolicy, served_model_name: str) -> Any:
         want_lp = bool(body.get("logprobs"))
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         loop = asyncio.get_running_loop()
-        ids, lps, reason = await loop.run_in_executor(
+        out = await loop.run_in_executor(
             None, policy.sample, prompt, max_tokens, temperature, seed, rid
         )
-        text = policy.tokenizer.decode(ids, skip_special_tokens=True)
-        finish = FINISH[reason]
+        ids, lps = out.token_ids, out.logprobs
+        finish = FINISH[out.reason]
+        headers = {WEIGHT_VERSION_HEADER: str(out.weight_version)}
         usage = {
             "prompt_tokens": len(prompt),
             "completion_tokens": len(ids),
@@ -209,7 +288,7 @@ def build_app(policy: HFPolicy, served_model_name: str) -> Any:
             choice: dict[str, Any] = {
                 "index": 0,
                 "finish_reason": finish,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant", "content": policy.decode(ids)},
                 "logprobs": _logprobs(policy, ids, lps) if want_lp else None,
             }
             if want_ids:
@@ -221,11 +300,12 @@ def build_app(policy: HFPolicy, served_model_name: str) -> Any:
                 "model": served_model_name,
                 "choices": [choice],
                 "usage": usage,
+                "weight_version": out.weight_version,
             }
             if want_ids:
                 payload["prompt_token_ids"] = prompt
-            return web.json_response(payload)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            return web.json_response(payload, headers=headers)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await response.prepare(request)
 
         async def send(chunk: dict[str, Any]) -> None:
@@ -236,6 +316,7 @@ def build_app(policy: HFPolicy, served_model_name: str) -> Any:
             "object": "chat.completion.chunk",
             "created": created,
             "model": served_model_name,
+            "weight_version": out.weight_version,
         }
         first: dict[str, Any] = {
             **base,
@@ -247,10 +328,9 @@ def build_app(policy: HFPolicy, served_model_name: str) -> Any:
             first["prompt_token_ids"] = prompt
         await send(first)
         for tid, lp in zip(ids, lps, strict=True):
-            piece = policy.tokenizer.decode([tid], skip_special_tokens=True)
             delta_choice: dict[str, Any] = {
                 "index": 0,
-                "delta": {"content": piece},
+                "delta": {"content": policy.decode([tid])},
                 "finish_reason": None,
             }
             if want_ids:
@@ -280,7 +360,7 @@ def build_app(policy: HFPolicy, served_model_name: str) -> Any:
     return app
 
 
-def serve_in_thread(policy: HFPolicy, served_model_name: str, host: str = "0.0.0.0") -> int:
+def serve_in_thread(policy: GatedSampler, served_model_name: str, host: str = "0.0.0.0") -> int:
     """Start the HTTP server on a free port in a daemon thread; return the port."""
     from aiohttp import web
 
@@ -316,7 +396,7 @@ class CpuRolloutServer:
         self.max_prompt_tokens = max_prompt_tokens
         self.served_model_name = served_model_name
         self.replica_rank = replica_rank
-        self.policy: HFPolicy | None = None
+        self.policy: GatedSampler | None = None
         self.address: tuple[str, int] | None = None
         self.global_steps = 0
 
@@ -331,7 +411,7 @@ class CpuRolloutServer:
         log.info("vllm_server_%d_0 (CPU) serving on %s:%d", self.replica_rank, *self.address)
         return self.address
 
-    def _policy(self) -> HFPolicy:
+    def _policy(self) -> GatedSampler:
         if self.policy is None:
             raise RuntimeError("the CPU rollout server was not launched")
         return self.policy
@@ -356,14 +436,14 @@ class CpuRolloutServer:
         temperature = float(sampling_params.get("temperature", 1.0))
         max_tokens = int(sampling_params.get("max_tokens") or policy.max_new_tokens)
         seed = int(sampling_params.get("seed") or uuid.uuid4().int % 2**31)
-        ids, lps, reason = await asyncio.to_thread(
+        out = await asyncio.to_thread(
             policy.sample, list(prompt_ids), max_tokens, temperature, seed, request_id
         )
         return TokenOutput(
-            token_ids=ids,
-            log_probs=lps,
-            stop_reason="aborted" if reason == "aborted" else "completed",
-            extra_fields={"global_steps": policy.weight_version},
+            token_ids=out.token_ids,
+            log_probs=out.logprobs,
+            stop_reason="aborted" if out.reason == "aborted" else "completed",
+            extra_fields={"global_steps": out.weight_version},
         )
 
     def update_weights(self, state_dict: dict[str, Any], global_steps: int | None) -> int:
