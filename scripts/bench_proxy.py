@@ -5,11 +5,15 @@ What it measures, every run bounded in request count and time:
      directly against a fast fake vLLM server and through `hvt proxy` (same request, same
      token-id/logprob options), and the overhead the proxy adds;
   2. trajectory records per second: end to end under the 64-client load, and the writer alone;
-  3. that no record is lost or torn: every proxied request has exactly one whole JSON line.
+  3. that no record is lost or torn: every proxied request has exactly one whole JSON line;
+  4. per LiteLLM worker count (`--workers 1,2`: the same load at each): calls/s per worker and
+     CPU-ms per call (user+system time of the `hvt proxy` process tree, LiteLLM and its workers,
+     over the calls it served), and the scaling from the first count to the others.
 
 Run (needs the proxy venv: `make proxy-venv`):
-    .venv-proxy/bin/python scripts/bench_proxy.py [--requests 400] [--json results.json]
-Everything listens on and talks to 127.0.0.1 only.
+    .venv-proxy/bin/python scripts/bench_proxy.py [--requests 400] [--workers 1,2] [--json r.json]
+The proxy runs this checkout's `hvt` (src/ goes first on its PYTHONPATH), whatever the proxy
+venv has installed. Everything listens on and talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from hvt.proxy import litellm_config  # noqa: E402
 from hvt.proxy.discovery import Replica  # noqa: E402
+from hvt.trajectory.paths import FILE_NAME, RECORD_DIR  # noqa: E402
 from hvt.trajectory.writer import TrajectoryWriter  # noqa: E402
 
 FAKE = ROOT / "tests" / "e2e" / "proxy_fake_vllm.py"
@@ -101,7 +107,7 @@ async def load(
 def count_records(trials: Path) -> tuple[int, int]:
     """(whole JSON lines, bad lines) over all trajectory files."""
     good = bad = 0
-    for path in trials.glob("step_0001/*/agent/litellm-trajectory.jsonl"):
+    for path in trials.glob(f"step_0001/*/{RECORD_DIR}/{FILE_NAME}"):
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
             bad += 1
@@ -143,7 +149,7 @@ def writer_throughput(records: int = 20000, threads: int = 8) -> dict[str, Any]:
         writer.close()
         lines = sum(
             len(p.read_bytes().splitlines())
-            for p in root.glob("step_0001/*/agent/litellm-trajectory.jsonl")
+            for p in root.glob(f"step_0001/*/{RECORD_DIR}/{FILE_NAME}")
         )
     return {
         "records": per_thread * threads,
@@ -153,10 +159,115 @@ def writer_throughput(records: int = 20000, threads: int = 8) -> dict[str, Any]:
     }
 
 
+class ProxyTree:
+    """CPU time and memory of the `hvt proxy` process tree (supervisor, LiteLLM, its workers)."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_s(self) -> dict[int, float]:
+        """user+system seconds per live pid (exited pids drop out; none exit during a run)."""
+        times = {}
+        for proc in self.processes():
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            times[proc.pid] = t.user + t.system
+        return times
+
+    def spawned_workers(self) -> int:
+        """Processes LiteLLM spawned as uvicorn workers (with --num_workers 2 or more)."""
+        count = 0
+        for proc in self.processes():
+            try:
+                count += "spawn_main" in " ".join(proc.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+        return count
+
+    def rss_mb(self) -> float:
+        total = 0
+        for proc in self.processes():
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return round(total / 2**20, 1)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def start_proxy(
+    work: Path, config: Path, trials: Path, workers: int
+) -> tuple[subprocess.Popen[Any], int, float]:
+    """`hvt proxy --workers N` from this checkout; (process, port, start-up s) once it answers."""
+    hvt_bin = Path(sys.executable).parent / "hvt"
+    port = free_port()
+    log = work / f"proxy-{workers}w.log"
+    pythonpath = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": MASTER_KEY,
+        "LITELLM_LOG": "ERROR",
+        "PYTHONPATH": pythonpath,
+    }
+    started = time.monotonic()
+    proxy = subprocess.Popen(
+        [str(hvt_bin), "proxy", "--litellm-config", str(config), "--host", "127.0.0.1",
+         "--port", str(port), "--trials-root", str(trials), "--workers", str(workers)],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600  # 2+ workers: 275 s on the busy 2-core box
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proxy.poll() is not None:
+                stop(proxy)
+                tail = log.read_text()[-3000:]
+                raise RuntimeError(f"hvt proxy did not come up:\n{tail}") from None
+            time.sleep(0.5)
+    # every worker must be up before the load: uvicorn answers as soon as the first one is.
+    # Up = all spawned and the tree idle (under 0.2 cores for 2 s: imports and set-up done).
+    tree = ProxyTree(proxy.pid)
+    while time.monotonic() < deadline:
+        spawned = tree.spawned_workers()
+        before = sum(tree.cpu_s().values())
+        time.sleep(2)
+        busy = (sum(tree.cpu_s().values()) - before) / 2
+        if (workers == 1 or spawned >= workers) and busy < 0.2:
+            break
+    else:
+        stop(proxy)
+        raise RuntimeError(f"not every LiteLLM worker came up:\n{log.read_text()[-3000:]}")
+    return proxy, port, round(time.monotonic() - started, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per run (bounded)")
     parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="LiteLLM worker counts, comma-separated: the same load runs at each (e.g. 1,2)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--without-logger",
@@ -165,12 +276,20 @@ def main() -> int:
     )
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-    hvt_bin = Path(sys.executable).parent / "hvt"
-    if not hvt_bin.exists():
+    try:
+        worker_counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        parser.error(
+            f"--workers takes whole numbers separated by commas, e.g. 1,2 (got {args.workers!r})"
+        )
+    if any(w < 1 for w in worker_counts):
+        parser.error("--workers: each count must be 1 or more")
+    if not (Path(sys.executable).parent / "hvt").exists():
         print("run with the proxy venv's python (make proxy-venv)", file=sys.stderr)
         return 2
 
     procs: list[subprocess.Popen[Any]] = []
+    passes: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hvt-bench-") as tmp:
         work = Path(tmp)
         trials = work / "trials"
@@ -194,27 +313,6 @@ def main() -> int:
                 litellm_config.write_atomic(config, yaml.safe_dump(cfg))
             else:
                 litellm_config.write(config, replicas, settings)
-            proxy_port = free_port()
-            env = {**os.environ, "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR"}
-            proxy = subprocess.Popen(
-                [str(hvt_bin), "proxy", "--litellm-config", str(config), "--host", "127.0.0.1",
-                 "--port", str(proxy_port), "--trials-root", str(trials)],
-                env=env, stdout=(work / "proxy.log").open("w"), stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-            procs.append(proxy)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{proxy_port}/health/liveliness", timeout=2
-                    ):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or proxy.poll() is not None:
-                        print((work / "proxy.log").read_text()[-3000:], file=sys.stderr)
-                        return 1
-                    time.sleep(0.5)
 
             body = {
                 "model": "vllm_model",
@@ -223,23 +321,54 @@ def main() -> int:
             }
             direct_body = {**body, "logprobs": True, "return_token_ids": True}
             direct_url = f"http://127.0.0.1:{backend_port}/v1/chat/completions"
-            proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
             auth = {"Authorization": f"Bearer {MASTER_KEY}"}
 
             def proxy_headers(i: int) -> dict[str, str]:
                 return {**auth, "x-harbor-trial-dir": f"step_0001/trial-{i % TRIALS}"}
 
-            # warm up both paths (connection pools, LiteLLM's first-call imports)
-            asyncio.run(load(direct_url, lambda i: {}, direct_body, 4, 40))
-            asyncio.run(load(proxy_url, proxy_headers, body, 4, 40))
-            expected_records = 40
-            rows = []
-            for c in clients:
-                direct = asyncio.run(load(direct_url, lambda i: {}, direct_body, c, args.requests))
-                proxied = asyncio.run(load(proxy_url, proxy_headers, body, c, args.requests))
-                expected_records += proxied["requests"] - proxied["errors"]
-                rows.append({"clients": c, "direct": direct, "proxy": proxied})
-                print(json.dumps(rows[-1]), flush=True)
+            asyncio.run(load(direct_url, lambda i: {}, direct_body, 4, 40))  # warm up
+            expected_records = 0
+            for workers in worker_counts:
+                proxy, proxy_port, startup_s = start_proxy(work, config, trials, workers)
+                print(f"{workers} worker(s): up and every worker running after {startup_s} s")
+                procs.append(proxy)
+                tree = ProxyTree(proxy.pid)
+                proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+                # warm up every worker (connection pools, LiteLLM's first-call imports)
+                asyncio.run(load(proxy_url, proxy_headers, body, 4 * workers, 40 * workers))
+                expected_records += 40 * workers
+                rows = []
+                for c in clients:
+                    direct = asyncio.run(
+                        load(direct_url, lambda i: {}, direct_body, c, args.requests)
+                    )
+                    load_before = os.getloadavg()[0]
+                    cpu_before = tree.cpu_s()
+                    proxied = asyncio.run(load(proxy_url, proxy_headers, body, c, args.requests))
+                    cpu_after = tree.cpu_s()
+                    served = proxied["requests"] - proxied["errors"]
+                    cpu_s = sum(cpu_after.values()) - sum(
+                        v for pid, v in cpu_before.items() if pid in cpu_after
+                    )
+                    proxied["cpu_ms_per_call"] = round(cpu_s * 1000 / served, 2) if served else None
+                    proxied["cpu_cores_busy"] = round(cpu_s / proxied["wall_s"], 2)
+                    proxied["rps_per_worker"] = round(proxied["rps"] / workers, 1)
+                    proxied["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                    expected_records += served
+                    rows.append(
+                        {"workers": workers, "clients": c, "direct": direct, "proxy": proxied}
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+                passes.append(
+                    {
+                        "workers": workers,
+                        "startup_s": startup_s,
+                        "processes": len(tree.processes()),
+                        "rss_mb": tree.rss_mb(),
+                        "latency": rows,
+                    }
+                )
+                stop(proxy)
 
             # every proxied request must have exactly one whole record
             deadline = time.monotonic() + 30
@@ -249,9 +378,9 @@ def main() -> int:
                     break
                 time.sleep(0.5)
             good, bad = count_records(trials)
-            last = rows[-1]["proxy"]
+            last = passes[0]["latency"][-1]["proxy"]
             result = {
-                "latency": rows,
+                "passes": passes,
                 "records": {
                     "expected": expected_records,
                     "written_whole_with_tokens": good,
@@ -260,31 +389,46 @@ def main() -> int:
                     "end_to_end_records_per_s_at_max_clients": last["rps"],
                 },
                 "writer_alone": writer_throughput(),
-                "machine": f"{os.cpu_count()} CPUs; client, proxy and backend share them",
+                "machine": (
+                    f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable); client, proxy "
+                    f"and backend share them; load average at the end {os.getloadavg()}"
+                ),
             }
         finally:
             for proc in reversed(procs):
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                        proc.wait()
+                stop(proc)
 
     print()
     print(
-        "| clients | direct p50 / p99 ms | proxy p50 / p99 ms | overhead p50 / p99 ms | proxy rps |"
+        "| workers | clients | direct p50 / p99 ms | proxy p50 / p99 ms | proxy calls/s | "
+        "calls/s per worker | CPU-ms per call | cores busy | load 1m before / after |"
     )
-    print("|---|---|---|---|---|")
-    for row in result["latency"]:
-        d, p = row["direct"], row["proxy"]
-        print(
-            f"| {row['clients']} | {d['p50_ms']} / {d['p99_ms']} | {p['p50_ms']} / {p['p99_ms']} | "
-            f"{p['p50_ms'] - d['p50_ms']:.1f} / {p['p99_ms'] - d['p99_ms']:.1f} | {p['rps']} |"
-        )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for one in passes:
+        for row in one["latency"]:
+            d, p = row["direct"], row["proxy"]
+            print(
+                f"| {row['workers']} | {row['clients']} | {d['p50_ms']} / {d['p99_ms']} | "
+                f"{p['p50_ms']} / {p['p99_ms']} | {p['rps']} | {p['rps_per_worker']} | "
+                f"{p['cpu_ms_per_call']} | {p['cpu_cores_busy']} | "
+                f"{p['load_avg_1m'][0]} / {p['load_avg_1m'][1]} |"
+            )
+    if len(passes) > 1:
+        base = passes[0]
+        print()
+        print(f"Scaling against {base['workers']} worker(s), proxy calls/s:")
+        for one in passes[1:]:
+            for b, r in zip(base["latency"], one["latency"], strict=True):
+                ratio = r["proxy"]["rps"] / b["proxy"]["rps"] if b["proxy"]["rps"] else 0.0
+                print(
+                    f"  {r['clients']:>3} clients: {b['proxy']['rps']} -> {r['proxy']['rps']} "
+                    f"calls/s at {one['workers']} workers = x{ratio:.2f} "
+                    f"(ideal x{one['workers'] / base['workers']:.2f})"
+                )
+                b["proxy"].setdefault("scaling", {})[one["workers"]] = round(ratio, 2)
     print()
-    print(json.dumps({k: v for k, v in result.items() if k != "latency"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "passes"}, indent=2))
+    print(json.dumps([{k: v for k, v in one.items() if k != "latency"} for one in passes]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     ok = args.without_logger or (

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -230,9 +231,11 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
         [
             str(proxy_venv / "bin" / "hvt"), "proxy", "--litellm-config", str(config),
             "--host", "127.0.0.1", "--port", str(port), "--trials-root", str(trials),
+            "--workers", "2",  # what auto gives a 3-core proxy: every check below on 2 workers
         ],
         env=proxy_env, stdout=proxy_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    tree: list[psutil.Process] = []
     replicas = Replicas(ray_cluster, 2, delay_s=4)  # named at once, serving only after 4 s
     extra: Replicas | None = None
     watcher: subprocess.Popen[str] | None = None
@@ -269,6 +272,12 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
         wait_until(ready, 120, "LiteLLM liveliness", proxy)
         status, body = http("GET", f"{base}/health/readiness")
         assert status == 200 and json.loads(body)["status"] == "healthy"
+        assert "2 LiteLLM workers (--workers 2)" in (tmp_path / "proxy.log").read_text()
+        # the supervisor gave LiteLLM --num_workers 2, and LiteLLM runs two uvicorn workers
+        tree = wait_until(lambda: litellm_workers(proxy.pid, 2), 120, "two LiteLLM workers", proxy)
+        argv = tree[0].cmdline()
+        assert argv[argv.index("--num_workers") + 1] == "2"
+        assert argv[argv.index("--timeout_worker_healthcheck") + 1] == "120"
 
         # 4. Without the key, or with a wrong one: 401 on both APIs.
         chat = {"model": "vllm_model", "messages": [{"role": "user", "content": "hi"}]}
@@ -408,6 +417,24 @@ def test_discovery_waits_for_all_replicas_and_proxy_serves_them(
                 group.stop()
     # LiteLLM went down with the supervisor
     assert http_refused(port)
+    wait_until(lambda: not any(alive(p) for p in tree), 30, "LiteLLM's workers gone")
+
+
+def litellm_workers(supervisor_pid: int, count: int) -> list[psutil.Process] | None:
+    """[litellm, its uvicorn workers...] under `hvt proxy` once `count` workers run."""
+    children = psutil.Process(supervisor_pid).children()
+    litellm = [c for c in children if "--num_workers" in c.cmdline()]
+    if len(litellm) != 1:
+        return None
+    workers = [w for w in litellm[0].children() if "spawn_main" in " ".join(w.cmdline())]
+    return [litellm[0], *workers] if len(workers) == count else None
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def http_refused(port: int) -> bool:

@@ -51,8 +51,21 @@ class Infrastructure(Section):
     ray_port: Port = 6379
     ray_dashboard_port: Port = 8265
     litellm_port: Port = 8002
+    litellm_workers: Literal["auto"] | PositiveInt = "auto"
     vllm_logging_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     anthropic_api_key: str = ""
+
+    @field_validator("litellm_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        """One clear problem for every bad value (not one per member of the union)."""
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(
+            f"must be a whole number of LiteLLM worker processes (1 or more) or 'auto', got "
+            f"{value!r} -- write litellm_workers: auto (one per usable core of the proxy less "
+            "one, at most 8; docs/proxy.md) or a number such as 2"
+        )
 
 
 class Environment(Section):

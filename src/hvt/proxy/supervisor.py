@@ -2,9 +2,10 @@
 
 `hvt proxy` (the proxy container's entrypoint) waits with progress until the config written by
 `hvt litellm-config` exists and lists at least one model, then starts
-`litellm --config <file> --port 8002` as a child in its own process group. It polls the file;
-when the content changes (and still parses) it stops LiteLLM (SIGTERM to the group, SIGKILL
-after a grace period, so spawned workers go too) and starts it again. A LiteLLM that exits by
+`litellm --config <file> --port 8002 --num_workers N` (N: hvt.proxy.workers) as a child in its
+own process group. It polls the file; when the content changes (and still parses) it stops
+LiteLLM (SIGTERM to the group, SIGKILL after a grace period, so spawned workers go too) and
+starts it again. A LiteLLM that exits by
 itself is restarted with backoff; five crashes in a row end the supervisor with an error.
 
 The master key comes from LITELLM_MASTER_KEY or the file named by LITELLM_MASTER_KEY_FILE
@@ -39,6 +40,11 @@ from hvt.trajectory import paths as trajectory_paths
 
 STOP_GRACE_S = 10.0
 MAX_CRASHES = 5
+# With 2+ workers uvicorn pings each one every 0.5 s and kills (and respawns) one that has not
+# answered within this time. Its default, 5 s, is shorter than a spawned worker's start on a busy
+# host (the ping is answered only once the worker's code has been imported): the workers were
+# killed and respawned forever and LiteLLM never served. A hung worker is found later instead.
+WORKER_HEALTHCHECK_S = 120
 
 
 class ProxyError(RuntimeError):
@@ -226,6 +232,8 @@ class Supervisor:
             "--num_workers",
             str(self.options.workers),
         ]
+        if self.options.workers > 1:
+            cmd += ["--timeout_worker_healthcheck", str(WORKER_HEALTHCHECK_S)]
         if self.options.ssl_certfile and self.options.ssl_keyfile:
             cmd += [
                 "--ssl_certfile_path",
