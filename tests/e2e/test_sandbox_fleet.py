@@ -25,6 +25,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from harbor_patch.environments import env_image
 from harbor_patch.environments.docker_daemon import DockerDaemon
 from hvt.cli import app
 from hvt.run import tasks_index
@@ -346,6 +347,15 @@ def test_warm_builds_each_task_image_on_each_host_once_and_trials_start_from_it(
     cold_log = (Path(cold_run.final.trial_dir) / "trial.log").read_text()
     assert "starting from the warmed image hvt-env/write-answer:" in warm_log
     assert "starting from the warmed image" not in cold_log
+    # both images stay on the host after their sandboxes are deleted: the built one for the
+    # cold task's next trial, the warmed one for everyone
+    host_a = DockerDaemon(daemons[0].host, daemons[0].good_client).client()
+    try:
+        tags = {tag for image in host_a.images.list() for tag in image.tags}
+    finally:
+        host_a.close()
+    assert env_image.task_image(cold_task) in tags
+    assert env_image.task_image(tasks / "write-answer") in tags
     print(  # the README's figures (pytest -s)
         f"\nwarm: first {first_s:.1f} s (6 built), second {second_s:.1f} s (none built); "
         f"environment setup of a trial: cold {_setup_seconds(cold_run.final.trial_dir):.1f} s, "

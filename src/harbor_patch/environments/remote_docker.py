@@ -21,9 +21,10 @@ disk is not this machine's.
   (`sandbox_proxy_url`). A sandbox whose policies are all `public` gets none of it;
 * `main` is tagged by content (`hvt-env/<task>:<digest>`, env_image.py). When the daemon
   already has that image and `force_build` is false, the trial starts from it and builds
-  nothing (`image_source` "warm"); otherwise it builds and tags it ("built"). Tasks that name
-  their own `docker_image` keep Harbor's path. `build_image()` does only the build (or pull):
-  `hvt sandbox warm`.
+  nothing (`image_source` "warm"); otherwise it builds and tags it ("built") and keeps it
+  when the sandbox is deleted (no `--rmi local` then), so later trials start from it. Tasks
+  that name their own `docker_image` keep Harbor's path. `build_image()` does only the build
+  (or pull): `hvt sandbox warm`.
 
 Environment kwargs (TrialConfig.environment.kwargs): docker_host, docker_cert_path,
 docker_tls_verify, allow_insecure, agent_runtime_image, agent_runtime_mount_path,
@@ -455,6 +456,18 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
                 f"docker {' '.join(args[:3])} failed: {err.decode(errors='replace').strip()}"
             )
         return out.decode()
+
+    @override
+    async def _run_docker_compose_command(
+        self, command: list[str], *args: Any, **kwargs: Any
+    ) -> Any:
+        # Harbor ends a deleted sandbox with `down --rmi local`, and compose counts an image it
+        # built as local even with an `image:` name: the content-tagged image would go with the
+        # sandbox, and the next trial of the task would build it again.
+        if command[:1] == ["down"] and "--rmi" in command and self.image_source == "built":
+            at = command.index("--rmi")
+            command = command[:at] + command[at + 2 :]
+        return await super()._run_docker_compose_command(command, *args, **kwargs)
 
     @override
     async def stop(self, delete: bool) -> None:
