@@ -18,7 +18,6 @@ daemon starts from it without building (unless `environment_force_build` is true
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,6 @@ from pathlib import Path
 
 REPOSITORY = "hvt-env"
 DIGEST_CHARS = 20
-INSPECT_TIMEOUT_SEC = 60.0
 
 
 def image_tag(environment_name: str, environment_id: str, build_inputs: Iterable[Path]) -> str:
@@ -50,24 +48,3 @@ def task_image(task_dir: Path, build_inputs: Sequence[Path] = ()) -> str:
         return str(own)
     environment_id = environment_content_hash(task.paths.environment_dir, docker_image=None)
     return image_tag(task.short_name, environment_id, build_inputs)
-
-
-async def image_size(engine: Sequence[str], tag: str) -> int | None:
-    """The image's size in bytes on the daemon `engine` (the docker CLI with its host flags),
-    or None when the daemon does not have it."""
-    process = await asyncio.create_subprocess_exec(
-        *engine, "image", "inspect", "--format", "{{.Size}}", tag,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        stdout, _ = await asyncio.wait_for(process.communicate(), INSPECT_TIMEOUT_SEC)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise RuntimeError(
-            f"`docker image inspect {tag}` did not answer in {INSPECT_TIMEOUT_SEC:.0f} s"
-        ) from None
-    if process.returncode != 0:
-        return None
-    text = stdout.decode().strip()
-    return int(text) if text.isdigit() else 0

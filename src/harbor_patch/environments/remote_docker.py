@@ -62,7 +62,12 @@ from harbor_patch.environments.docker_daemon import DaemonConfigError, DockerDae
 OVERLAY_NAME = "docker-compose-hvt.json"
 PROXY_URL_ENV = "HVT_PROXY_URL"
 PULL_TIMEOUT_SEC = 1800.0  # a 1-3 GB SWE task image through a slow mirror
+INSPECT_TIMEOUT_SEC = 60.0
 ImageSource = Literal["warm", "built", "present", "pulled", "task"]
+
+
+class EngineCommandFailed(RuntimeError):
+    """A docker command that ran and exited non-zero (not one that timed out)."""
 
 
 class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
@@ -264,7 +269,15 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
         )
 
     async def _image_size(self, image: str) -> int | None:
-        return await env_image.image_size(type(self).runtime().engine, image)
+        """The image's size in bytes on this daemon, or None when it does not have it (a daemon
+        that does not answer raises, from `_engine`)."""
+        try:
+            text = await self._engine(
+                ["image", "inspect", "--format", "{{.Size}}", image], INSPECT_TIMEOUT_SEC
+            )
+        except EngineCommandFailed:
+            return None
+        return int(text.strip()) if text.strip().isdigit() else 0
 
     async def _choose_main_image(self, force_build: bool) -> str | None:
         """The content tag for `main`, switched to Harbor's prebuilt path when the daemon has it
@@ -452,7 +465,7 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
                 f"docker {' '.join(args[:3])} timed out after {timeout_sec}s"
             ) from None
         if process.returncode != 0:
-            raise RuntimeError(
+            raise EngineCommandFailed(
                 f"docker {' '.join(args[:3])} failed: {err.decode(errors='replace').strip()}"
             )
         return out.decode()
