@@ -41,6 +41,10 @@ SANDBOX = "hvt-ans-sandbox"
 TRAINER = "hvt-ans-trainer"
 OUTSIDER = "hvt-ans-outsider"
 NETWORK = "hvt-ans-tls-net"
+SCENARIO_VARS = yaml.safe_load((REPO / "ansible/molecule/docker_tls/molecule.yml").read_text())[
+    "provisioner"
+]["inventory"]["group_vars"]["all"]
+GATEWAY = SCENARIO_VARS["docker_tls_extra_allowed_clients"][0]  # the network's gateway
 CERT_DIR = "/etc/verl-swe-rl/docker-tls"
 TEST_IMAGE = "local/debian:bookworm"
 # OpenSSL's names for the alerts a TLS server refuses a client certificate with (Go sends
@@ -284,7 +288,7 @@ def test_sandbox_containers_reach_only_the_proxy_port(client_bundle: Path, tls_p
         'for t in "$@"; do timeout ' + wait + ' bash -c "exec 3<>/dev/tcp/${t%:*}/${t#*:}" '
         '2>/dev/null; echo "$t $?"; done'
     )
-    targets = [f"{trainer_ip}:8002", f"{trainer_ip}:22", "172.30.61.1:8002"]
+    targets = [f"{trainer_ip}:8002", f"{trainer_ip}:22", f"{GATEWAY}:8002"]
     run = remote_docker(
         client_bundle, tls_port, "run", "--rm", TEST_IMAGE, "bash", "-c", probe, "probe", *targets
     )
@@ -314,7 +318,7 @@ def test_make_provision_check_reports_no_drift(scenario: Scenario, tmp_path: Pat
                         "gpu_enabled": False,
                         "docker_tls_ca_dir": str(ca_dirs[-1]),
                         "docker_tls_server_extra_sans": ["hvt-ans-sandbox.hvt-ans-tls-net"],
-                        "docker_tls_extra_allowed_clients": ["172.30.61.1"],
+                        "docker_tls_extra_allowed_clients": [GATEWAY],
                     },
                     "children": {
                         "sandbox_docker": {"hosts": {SANDBOX: {}}},

@@ -160,7 +160,8 @@ def test_trials_spread_within_each_hosts_limit_and_none_is_left_behind(
     dry = CliRunner().invoke(app, ["clean", "--config", str(config), "--pods", "--dry-run"])
     said = " ".join(dry.output.split())
     for h in fleet:
-        assert f"no sandbox container labelled harbor-run={prefix} on {h.docker_host}" in said
+        nothing = f"no sandbox container or network labelled harbor-run={prefix}"
+        assert f"{nothing} on {h.docker_host}" in said
 
 
 def test_a_daemon_dying_mid_step_loses_no_trial_and_no_reward(

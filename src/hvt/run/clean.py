@@ -124,17 +124,40 @@ def sandbox_daemons(cfg: RunConfig) -> list[tuple[str, Path | None]]:
     return [(host, certs(host, cert_dir_for_config(cfg)))]
 
 
-def _sandboxes(host: str, certs: Path | None, prefix: str) -> list[Any]:
+@dataclass
+class Sandboxes:
+    """This run's labelled containers and networks on one daemon. The networks are what a
+    trainer killed between `compose up` creating them and starting the containers leaves."""
+
+    containers: list[Any]
+    networks: list[Any]
+
+    def counts(self) -> str:
+        networks = f" and {len(self.networks)} network(s)" if self.networks else ""
+        return f"{len(self.containers)} sandbox container(s){networks}"
+
+    def names(self) -> str:
+        names = [c.name for c in self.containers] + [n.name for n in self.networks]
+        return ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+
+
+def _sandboxes(host: str, certs: Path | None, prefix: str) -> Sandboxes:
     from hvt.docker_remote import connect
 
     client = connect(host, certs, timeout=30)
-    return list(client.containers.list(all=True, filters={"label": f"{LABEL}={prefix}"}))
+    label = {"label": f"{LABEL}={prefix}"}
+    return Sandboxes(
+        containers=list(client.containers.list(all=True, filters=label)),
+        networks=list(client.networks.list(filters=label)),
+    )
 
 
-def _remove_containers(containers: list[Any], host: str, prefix: str) -> str:
-    for c in containers:
+def _remove_sandboxes(found: Sandboxes, host: str, prefix: str) -> str:
+    for c in found.containers:
         c.remove(force=True)
-    return f"removed {len(containers)} sandbox container(s) labelled {LABEL}={prefix} on {host}"
+    for n in found.networks:  # after the containers: a network in use cannot go
+        n.remove()
+    return f"removed {found.counts()} labelled {LABEL}={prefix} on {host}"
 
 
 def _container_actions(cfg: RunConfig, prefix: str) -> tuple[list[Action], list[str]]:
@@ -148,15 +171,13 @@ def _container_actions(cfg: RunConfig, prefix: str) -> tuple[list[Action], list[
         except Exception as exc:
             notes.append(f"could not list sandboxes on {host}: {exc} (check the daemon)")
             continue
-        if not found:
-            notes.append(f"no sandbox container labelled {LABEL}={prefix} on {host}")
+        if not found.containers and not found.networks:
+            notes.append(f"no sandbox container or network labelled {LABEL}={prefix} on {host}")
             continue
-        names = ", ".join(c.name for c in found[:6]) + (" ..." if len(found) > 6 else "")
         actions.append(
             Action(
-                f"remove {len(found)} sandbox container(s) labelled {LABEL}={prefix} on {host}"
-                f" ({names})",
-                lambda f=found, h=host: _remove_containers(f, h, prefix),  # type: ignore[misc]
+                f"remove {found.counts()} labelled {LABEL}={prefix} on {host} ({found.names()})",
+                lambda f=found, h=host: _remove_sandboxes(f, h, prefix),  # type: ignore[misc]
             )
         )
     return actions, notes
