@@ -141,7 +141,7 @@ class Sandboxes:
         return ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
 
 
-def _sandboxes(host: str, certs: Path | None, prefix: str) -> Sandboxes:
+def find_sandboxes(host: str, certs: Path | None, prefix: str) -> Sandboxes:
     from hvt.docker_remote import connect
 
     client = connect(host, certs, timeout=30)
@@ -152,7 +152,7 @@ def _sandboxes(host: str, certs: Path | None, prefix: str) -> Sandboxes:
     )
 
 
-def _remove_sandboxes(found: Sandboxes, host: str, prefix: str) -> str:
+def remove_sandboxes(found: Sandboxes, host: str, prefix: str) -> str:
     for c in found.containers:
         c.remove(force=True)
     for n in found.networks:  # after the containers: a network in use cannot go
@@ -167,7 +167,7 @@ def _container_actions(cfg: RunConfig, prefix: str) -> tuple[list[Action], list[
     notes: list[str] = []
     for host, certs in sandbox_daemons(cfg):
         try:
-            found = _sandboxes(host, certs, prefix)
+            found = find_sandboxes(host, certs, prefix)
         except Exception as exc:
             notes.append(f"could not list sandboxes on {host}: {exc} (check the daemon)")
             continue
@@ -177,7 +177,7 @@ def _container_actions(cfg: RunConfig, prefix: str) -> tuple[list[Action], list[
         actions.append(
             Action(
                 f"remove {found.counts()} labelled {LABEL}={prefix} on {host} ({found.names()})",
-                lambda f=found, h=host: _remove_sandboxes(f, h, prefix),  # type: ignore[misc]
+                lambda f=found, h=host: remove_sandboxes(f, h, prefix),  # type: ignore[misc]
             )
         )
     return actions, notes

@@ -68,6 +68,15 @@ FIRST_RUN_WAIT_S = 45 * 60
 SANDBOX_DAEMONS = ("sandbox-a", "sandbox-b")  # compose.cpu.yaml; config/smoke.yaml's fleet
 
 
+def _remove_sandboxes(prefix: str) -> None:
+    from hvt.run import clean
+
+    local = "unix:///var/run/docker.sock"
+    found = clean.find_sandboxes(local, None, prefix)
+    if found.containers or found.networks:
+        typer.echo(f"hvt smoke: {clean.remove_sandboxes(found, local, prefix)}")
+
+
 def _service(client: Any, project: str, service: str = "trainer") -> Any:
     found = client.containers.list(
         all=True,
@@ -389,6 +398,9 @@ def stack(
             env=env,
             check=False,
         )
+        # the sandboxes the interrupted first run had in flight on this engine (its TLS daemons
+        # went with `down -v`): a trial killed mid `compose up` leaves its networks
+        _remove_sandboxes(cfg.inputs.harbor_agent.pod_name_prefix)
         leftovers = client.containers.list(
             all=True, filters={"label": f"com.docker.compose.project={project}"}
         )
