@@ -14,10 +14,11 @@ PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 
 
 def playbook(
-    name: str, extra_vars: dict[str, Any], timeout: float = 300
+    name: str, extra_vars: dict[str, Any], timeout: float = 300, inventory: str = "localhost,"
 ) -> subprocess.CompletedProcess[str]:
     """Run tests/ansible/playbooks/<name> (once more after a dropped container exec, like every
-    Ansible run of these tests: see molecule_runner.run_ansible)."""
+    Ansible run of these tests: see molecule_runner.run_ansible); `inventory` is a host list
+    or an inventory file that holds localhost."""
     env = molecule_env()
     env["ANSIBLE_CONFIG"] = str(ANSIBLE_DIR / "ansible.cfg")
     env["ANSIBLE_BECOME"] = "false"
@@ -25,7 +26,7 @@ def playbook(
         [
             str(VENV_BIN / "ansible-playbook"),
             "-i",
-            "localhost,",
+            inventory,
             str(PLAYBOOKS / name),
             "-e",
             json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}),

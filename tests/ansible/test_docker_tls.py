@@ -10,6 +10,7 @@ nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import ssl
@@ -157,6 +158,20 @@ def test_daemon_runs_tls_only_on_2376(sandbox: testinfra.host.Host) -> None:
         "/etc/systemd/system/docker.service.d/10-verl-swe-rl-tls.conf"
     ).content_string
     assert "-H tcp://0.0.0.0:2376" in dropin and "2375" not in dropin, dropin
+
+
+def test_sandbox_networks_come_from_the_large_address_pool(
+    sandbox: testinfra.host.Host,
+) -> None:
+    """Two networks per sandbox: the role's pool holds 1024, Docker's built-in ones about 30."""
+    made = sandbox.run(
+        "docker network create hvt-pool-probe >/dev/null && "
+        "docker network inspect -f '{{(index .IPAM.Config 0).Subnet}}' hvt-pool-probe; "
+        "docker network rm hvt-pool-probe >/dev/null"
+    )
+    assert made.rc == 0, made.stderr
+    subnet = ipaddress.ip_network(made.stdout.strip())
+    assert subnet.prefixlen == 24 and subnet.subnet_of(ipaddress.ip_network("172.20.0.0/14"))
 
 
 def test_key_and_certificate_files(

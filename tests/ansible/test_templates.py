@@ -14,9 +14,16 @@ from tests.ansible.ansible_runner import playbook
 from tests.ansible.molecule_runner import ANSIBLE_DIR, VENV_BIN, molecule_env
 
 
-def render(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+def render(tmp_path: Path, group: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The daemon.json the role writes for localhost, in inventory `group` if given."""
     out = tmp_path / "daemon.json"
-    proc = playbook("render_daemon_json.yml", {"out": str(out), **extra})
+    inventory = "localhost,"
+    if group:
+        inventory = str(tmp_path / "hosts.yml")
+        Path(inventory).write_text(
+            json.dumps({"all": {"children": {group: {"hosts": {"localhost": {}}}}}})
+        )
+    proc = playbook("render_daemon_json.yml", {"out": str(out), **extra}, inventory=inventory)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data: dict[str, Any] = json.loads(out.read_text())
     return data
@@ -53,6 +60,23 @@ def test_a_registry_mirror_for_the_sandbox_hosts_pulls(tmp_path: Path) -> None:
     cfg = render(tmp_path, docker_engine_registry_mirrors=mirrors)
     assert cfg["registry-mirrors"] == mirrors
     assert "registry-mirrors" not in render(tmp_path)
+
+
+def test_hosts_that_run_sandboxes_get_address_pools_for_hundreds_of_networks(
+    tmp_path: Path,
+) -> None:
+    """Each sandbox takes two networks (compose's and the egress relay's): Docker's built-in
+    pools (about 30 networks) would stop a host at ~15 sandboxes."""
+    pools = [{"base": "172.20.0.0/14", "size": 24}]  # 2 ** (24 - 14) = 1024 networks
+    for group in ("sandbox_docker", "trainer"):
+        assert render(tmp_path, group=group)["default-address-pools"] == pools, group
+    assert "default-address-pools" not in render(tmp_path, group="monitoring")
+    assert "default-address-pools" not in render(
+        tmp_path, group="sandbox_docker", docker_engine_default_address_pools=[]
+    )
+    mine = [{"base": "10.99.0.0/16", "size": 26}]
+    cfg = render(tmp_path, group="sandbox_docker", docker_engine_default_address_pools=mine)
+    assert cfg["default-address-pools"] == mine
 
 
 def test_everything_merged_with_user_options_last(tmp_path: Path) -> None:
