@@ -1,31 +1,41 @@
-"""Labels every sandbox carries, so `hvt clean --pods` and operators can find them.
+"""The labels a new sandbox gets (names and values: hvt.sandbox_labels), so `hvt clean --pods`,
+`hvt launch`'s orphan reaping and operators can find it.
 
 `harbor-run=<pod_name_prefix>` is the selector `hvt clean --pods` uses (it refuses an empty
-prefix). The owner labels say which host and process made a sandbox. Values are valid as
-both Docker labels and Kubernetes label values (<= 63 characters, alphanumeric at both ends).
+prefix). The owner labels say which host and process made a sandbox.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 
-RUN_LABEL = "harbor-run"
-APP_LABEL = "app"
-APP_VALUE = "harbor-sandbox"
-OWNER_HOST_LABEL = "harbor-owner-host"
-OWNER_PID_LABEL = "harbor-owner-pid"
-SESSION_LABEL = "harbor-session"
+from hvt.sandbox_labels import (
+    APP_LABEL,
+    APP_VALUE,
+    OWNER_HOST_LABEL,
+    OWNER_PID_LABEL,
+    RUN_LABEL,
+    SESSION_LABEL,
+    label_value,
+    this_host,
+)
+
+__all__ = [
+    "APP_LABEL",
+    "APP_VALUE",
+    "OWNER_HOST_LABEL",
+    "OWNER_PID_LABEL",
+    "RUN_LABEL",
+    "SESSION_LABEL",
+    "label_value",
+    "resolve_prefix",
+    "sandbox_labels",
+]
+
 PREFIX_ENV = ("HVT_POD_NAME_PREFIX", "HARBOR_POD_NAME_PREFIX")
 DEFAULT_PREFIX = "harbor-sandbox"
 _PREFIX_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-def label_value(text: str, limit: int = 63) -> str:
-    """`text` as a Kubernetes label value: [A-Za-z0-9._-], <= 63, alphanumeric ends."""
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:limit]
-    return value.strip("-._") or "x"
 
 
 def resolve_prefix(prefix: str | None) -> str:
@@ -45,7 +55,7 @@ def sandbox_labels(prefix: str, session_id: str | None = None) -> dict[str, str]
     labels = {
         APP_LABEL: APP_VALUE,
         RUN_LABEL: prefix,
-        OWNER_HOST_LABEL: label_value(socket.gethostname()),
+        OWNER_HOST_LABEL: this_host(),
         OWNER_PID_LABEL: str(os.getpid()),
     }
     if session_id:

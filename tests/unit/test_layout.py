@@ -35,6 +35,7 @@ TOP = {
     "hvt.ownership": "leaf",
     "hvt.docker_remote": "leaf",
     "hvt.secret_env": "leaf",
+    "hvt.sandbox_labels": "leaf",
 }
 
 LEAF = {"leaf"}
@@ -52,7 +53,7 @@ ALL_PARTS = {
 # part -> the parts it may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "root": set(),
-    "leaf": set(),  # hvt.ownership, hvt.docker_remote, hvt.secret_env: nothing of ours
+    "leaf": set(),  # hvt.ownership, .docker_remote, .secret_env, .sandbox_labels: nothing of ours
     "config": set(),  # nothing of ours
     "repos": {"config"} | LEAF,
     "images": {"config"} | LEAF,

@@ -23,13 +23,13 @@ import psutil
 import typer
 from rich.console import Console
 
-from hvt import ownership
+from hvt import ownership, sandbox_labels
 from hvt.config.bundle import default_config_path
 from hvt.config.load import check
 from hvt.config.model import RunConfig
 from hvt.config.run_paths import RunPaths
 
-LABEL = "harbor-run"
+LABEL = sandbox_labels.RUN_LABEL
 SAFE_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 STOP_GRACE_S = 10.0
 
@@ -158,6 +158,45 @@ def remove_sandboxes(found: Sandboxes, host: str, prefix: str) -> str:
     for n in found.networks:  # after the containers: a network in use cannot go
         n.remove()
     return f"removed {found.counts()} labelled {LABEL}={prefix} on {host}"
+
+
+def orphans(found: Sandboxes, host: str) -> Sandboxes:
+    """The sandboxes a process of this host (`harbor-owner-host`) made and that process is
+    gone: what a trainer stopped mid-trial leaves. A live owner, or another host's, keeps its
+    sandboxes: they may be another run's that shares the prefix."""
+
+    def orphaned(obj: Any) -> bool:
+        labels = obj.labels if hasattr(obj, "labels") else obj.attrs.get("Labels") or {}
+        pid = labels.get(sandbox_labels.OWNER_PID_LABEL, "")
+        return (
+            labels.get(sandbox_labels.OWNER_HOST_LABEL) == host
+            and pid.isdigit()
+            and not psutil.pid_exists(int(pid))
+        )
+
+    return Sandboxes(
+        containers=[c for c in found.containers if orphaned(c)],
+        networks=[n for n in found.networks if orphaned(n)],
+    )
+
+
+def reap_orphans(cfg: RunConfig, say: Callable[[str], None]) -> int:
+    """Remove, on every Docker sandbox host, this run's sandboxes whose maker on this host is
+    gone (containers, then networks); how many containers and networks went. A daemon that
+    cannot be reached is said and skipped. Kubernetes pods have their own reaper and deadline."""
+    if cfg.inputs.harbor_agent.backend == "kubernetes":
+        return 0
+    prefix = check_prefix(cfg.inputs.harbor_agent.pod_name_prefix)
+    removed = 0
+    for host, certs in sandbox_daemons(cfg):
+        try:
+            found = orphans(find_sandboxes(host, certs, prefix), sandbox_labels.this_host())
+            if found.containers or found.networks:
+                say(f"{remove_sandboxes(found, host, prefix)}: their trial processes are gone")
+                removed += len(found.containers) + len(found.networks)
+        except Exception as exc:
+            say(f"could not check {host} for orphaned sandboxes: {exc}")
+    return removed
 
 
 def _container_actions(cfg: RunConfig, prefix: str) -> tuple[list[Action], list[str]]:

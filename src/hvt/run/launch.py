@@ -33,6 +33,7 @@ from typing import IO
 
 import psutil
 from rich.console import Console
+from rich.markup import escape
 
 from hvt import ownership
 from hvt.config import summary as config_summary
@@ -44,7 +45,7 @@ from hvt.config.run_paths import RunPaths
 from hvt.preflight.check import Status, render_table
 from hvt.preflight.dryrun import preflight
 from hvt.proxy import litellm_config
-from hvt.run import ray_auth, verl_command
+from hvt.run import clean, ray_auth, verl_command
 from hvt.run import records as run_records
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -270,6 +271,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         )
         console.print(config_summary.render(cfg), markup=False)
         console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
+        _reap_orphans(cfg)  # what a run killed here before (SIGKILL, a lost container) left
         code = _train(cfg, paths, exp, config_file, env, cpu)
     except LaunchError as exc:
         console.print(f"[bold red]hvt launch: {exc}[/]")
@@ -277,11 +279,22 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         code = 130
     finally:
         stop_ours(paths)
+        _reap_orphans(cfg)  # the trials a stop cut short: their makers are gone now
         rec = run_records.record(paths, config_file, exp, code, started)
         console.print(f"run record {rec.run_id}: {rec.status} (exit {code}) -> {rec.archive}")
     if code == 0 and not cfg.inputs.experiment.exp_name:
         (paths.state / "current_exp").unlink(missing_ok=True)  # the next launch is a new run
     return code
+
+
+def _reap_orphans(cfg: RunConfig) -> None:
+    """Remove this run's sandboxes whose trial process on this host is gone: a trainer stopped
+    mid-step (SIGTERM, Ctrl-C) kills its trials before Harbor can take their sandboxes down."""
+
+    def say(line: str) -> None:
+        console.print(f"[yellow]sandboxes[/] {escape(line)}", highlight=False)
+
+    clean.reap_orphans(cfg, say)
 
 
 def _train(

@@ -74,7 +74,9 @@ def _remove_sandboxes(prefix: str) -> None:
     local = "unix:///var/run/docker.sock"
     found = clean.find_sandboxes(local, None, prefix)
     if found.containers or found.networks:
-        typer.echo(f"hvt smoke: {clean.remove_sandboxes(found, local, prefix)}")
+        typer.echo(
+            f"hvt smoke: {clean.remove_sandboxes(found, local, prefix)}, which hvt launch left"
+        )
 
 
 def _service(client: Any, project: str, service: str = "trainer") -> Any:
@@ -398,8 +400,8 @@ def stack(
             env=env,
             check=False,
         )
-        # the sandboxes the interrupted first run had in flight on this engine (its TLS daemons
-        # went with `down -v`): a trial killed mid `compose up` leaves its networks
+        # a backstop: hvt launch reaps the sandboxes of the trials the restart cut short (its
+        # TLS daemons went with `down -v`; this is the local engine)
         _remove_sandboxes(cfg.inputs.harbor_agent.pod_name_prefix)
         leftovers = client.containers.list(
             all=True, filters={"label": f"com.docker.compose.project={project}"}
