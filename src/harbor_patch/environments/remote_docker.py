@@ -222,30 +222,17 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
     @override
     def capabilities(self) -> EnvironmentCapabilities:
         # No bind mounts of this machine's paths and no SSH stream (its port would be remote).
-        # Network policies: no-network, public, and allowlists of the proxy's host (by name or
-        # address), switched per phase; validate_network_policy_support refuses other hosts.
         return super().capabilities.model_copy(
-            update={
-                "mounted": False,
-                "stream": False,
-                "disable_internet": True,
-                "network_allowlist": True,
-                "network_allowlist_hostnames": True,
-                "network_allowlist_ipv4_addresses": True,
-                "network_allowlist_ipv6_addresses": True,
-                "dynamic_network_policy": True,
-            }
+            update={"mounted": False, "stream": False, **sandbox_egress.EGRESS_CAPABILITIES}
         )
 
     @override
     def validate_network_policy_support(self, network_policy: NetworkPolicy | None = None) -> None:
         super().validate_network_policy_support(network_policy)
         policy = network_policy or self.network_policy
-        if policy.network_mode != NetworkMode.ALLOWLIST:
-            return
-        if self._proxy is None:  # only reachable with egress control off
-            raise ValueError("an allowlist network policy needs the proxy URL (HVT_PROXY_URL)")
-        sandbox_egress.refuse_foreign_hosts(policy.allowed_hosts, self._proxy, type(self).__name__)
+        sandbox_egress.refuse_unenforceable(
+            policy.network_mode.value, policy.allowed_hosts, self._proxy, type(self).__name__
+        )
 
     @property
     def sandbox_proxy_url(self) -> str | None:

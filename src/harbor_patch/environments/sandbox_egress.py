@@ -109,6 +109,34 @@ def refuse_foreign_hosts(allowed_hosts: Iterable[str], proxy: ProxyEndpoint, whe
         )
 
 
+# The Harbor capabilities both sandbox backends declare for egress control: no-network, public
+# and allowlists of the proxy's host (by name or address), switched per phase;
+# refuse_unenforceable refuses other hosts.
+EGRESS_CAPABILITIES: dict[str, bool] = {
+    "disable_internet": True,
+    "network_allowlist": True,
+    "network_allowlist_hostnames": True,
+    "network_allowlist_ipv4_addresses": True,
+    "network_allowlist_ipv6_addresses": True,
+    "dynamic_network_policy": True,
+}
+
+
+def refuse_unenforceable(
+    mode: str, allowed_hosts: Iterable[str], proxy: ProxyEndpoint | None, where: str
+) -> None:
+    """Raise for a network policy `where` cannot enforce: an allowlist needs the proxy's URL,
+    and hosts other than the proxy are refused (refuse_foreign_hosts)."""
+    if mode != "allowlist":
+        return
+    if proxy is None:
+        raise ValueError(
+            f"an allowlist network policy needs the proxy's URL ({where}): set HVT_PROXY_URL "
+            "or the environment kwarg proxy_url"
+        )
+    refuse_foreign_hosts(allowed_hosts, proxy, where)
+
+
 def policy_label(mode: str) -> str:
     """The `hvt-egress` pod label value for a Harbor network mode (Kubernetes backend: the
     k8s_sandbox role's NetworkPolicies select on it)."""

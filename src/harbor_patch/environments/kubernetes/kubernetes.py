@@ -36,7 +36,7 @@ from harbor.environments.capabilities import (
     EnvironmentCapabilities,
     EnvironmentResourceCapabilities,
 )
-from harbor.models.task.config import NetworkMode, NetworkPolicy
+from harbor.models.task.config import NetworkPolicy
 
 from harbor_patch import labels as sandbox_labels
 from harbor_patch.environments import pod_spec, sandbox_egress, sandbox_reaper
@@ -131,28 +131,16 @@ class KubernetesEnvironment(BaseEnvironment):  # type: ignore[misc]
     @override
     def capabilities(self) -> EnvironmentCapabilities:
         return EnvironmentCapabilities(
-            mounted=False,
-            docker_compose=False,
-            disable_internet=True,
-            network_allowlist=True,
-            network_allowlist_hostnames=True,
-            network_allowlist_ipv4_addresses=True,
-            network_allowlist_ipv6_addresses=True,
-            dynamic_network_policy=True,
+            mounted=False, docker_compose=False, **sandbox_egress.EGRESS_CAPABILITIES
         )
 
     @override
     def validate_network_policy_support(self, network_policy: NetworkPolicy | None = None) -> None:
         super().validate_network_policy_support(network_policy)
         policy = network_policy or self.network_policy
-        if policy.network_mode != NetworkMode.ALLOWLIST:
-            return
-        if self._proxy is None:
-            raise ValueError(
-                "an allowlist network policy needs the proxy URL: set HVT_PROXY_URL or the "
-                "environment kwarg proxy_url"
-            )
-        sandbox_egress.refuse_foreign_hosts(policy.allowed_hosts, self._proxy, type(self).__name__)
+        sandbox_egress.refuse_unenforceable(
+            policy.network_mode.value, policy.allowed_hosts, self._proxy, type(self).__name__
+        )
 
     @override
     async def _apply_network_policy(self, network_policy: NetworkPolicy) -> None:
