@@ -58,6 +58,7 @@ from harbor_patch.environments import (
     sandbox_egress,
 )
 from harbor_patch.environments.docker_daemon import DaemonConfigError, DockerDaemon
+from hvt import deep_merge
 
 OVERLAY_NAME = "docker-compose-hvt.json"
 PROXY_URL_ENV = "HVT_PROXY_URL"
@@ -303,7 +304,7 @@ class RemoteDockerEnvironment(DockerEnvironment):  # type: ignore[misc]
             main_image=main_image,
         )
         if egress:
-            spec = compose_overlay.merge(spec, self._egress_overlay(labels))
+            spec = deep_merge.merge(spec, self._egress_overlay(labels))
         self._overlay_dir = tempfile.TemporaryDirectory(prefix="hvt-compose-")
         self._overlay_path = compose_overlay.write(
             Path(self._overlay_dir.name) / OVERLAY_NAME, spec

@@ -21,6 +21,7 @@ from hvt.config import rules as config_rules
 from hvt.config import scan as config_scan
 from hvt.config.model import RunConfig
 from hvt.config.problems import ConfigError, Problem
+from hvt.deep_merge import merge
 
 # Hints for keys whose format is not obvious from the error alone.
 FORMAT_HINTS = {
@@ -270,17 +271,6 @@ def _nearest_line(lines: dict[str, int], path: str) -> int | None:
 
 
 EXTENDS = "extends"
-
-
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, anything else in the overlay replaces."""
-    out = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def resolve_extends(
