@@ -37,7 +37,7 @@ from tests.e2e.test_proxy_e2e import (
     proxy_venv,  # noqa: F401  (fixture)
     wait_until,
 )
-from tests.helpers.scripted_policy import ScriptedPolicy
+from tests.helpers.scripted_policy import END, ScriptedPolicy
 from tests.helpers.timing import scaled
 from verl_patch.cpu.server import CpuRolloutServer, serve_in_thread
 from verl_patch.trajectory_tokens import TrajectoryStats, from_trial_dir, read_records
@@ -256,3 +256,31 @@ def test_an_aborted_call_is_retried_and_the_trial_trains_one_exact_chain(
     words = chain.policy.token_strings(trained)
     assert words and all(w.endswith(f"v{new}") or w == "<1>" for w in words), words
     assert not set(partial) & set(seq.response_ids)
+
+
+STREAMED = [r for r in ROUTES if r.stream]
+
+
+@pytest.mark.parametrize("route", STREAMED, ids=[r.name for r in STREAMED])
+def test_a_streamed_answer_keeps_its_end_of_turn_token_and_trains_it(
+    chain: Chain, route: Route
+) -> None:
+    """The replica sends the end-of-turn token with empty text, as vLLM sends special tokens;
+    LiteLLM's stream drops such a chunk. The record still holds every sampled id, the end of
+    the turn included, and the assembled chain trains it (mask 1) instead of taking it from
+    the next call's prompt."""
+    trial = chain.trials / "step_0004" / f"trial-{route.name}"
+    trial.mkdir(parents=True)
+    Client(route, chain.base, f"step_0004/trial-{route.name}").conversation()
+    path = trial / RECORD_DIR / "litellm-trajectory.jsonl"
+    wait_until(lambda: len(read_records(path)) >= 2, 30, "two records")
+    records = sorted(read_records(path), key=lambda r: r["request_time"])
+    assert len(records) == 2
+    for rec in records:
+        ids = rec["tokens"]["choices"][0]["token_ids"]
+        assert len(ids) == chain.policy.words + 1 and ids[-1] == END, ids
+    stats = TrajectoryStats()
+    seq = from_trial_dir(trial / RECORD_DIR, None, stats)
+    assert seq is not None and seq.exact and seq.chains == 1 and seq.calls_used == 2
+    trained = [t for t, m in zip(seq.response_ids, seq.response_mask, strict=True) if m]
+    assert trained.count(END) == 2, chain.policy.token_strings(trained)

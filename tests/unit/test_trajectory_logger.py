@@ -440,3 +440,117 @@ def test_callback_merges_stream_tokens_in_either_order(root: Path) -> None:
         assert by_id[call]["tokens_status"] == "ok"
         assert by_id[call]["tokens"]["choices"][0]["token_ids"] == [7, 8]
     assert len(records) == 3 and logger.unrouted == 1
+
+
+def test_stream_token_ids_come_from_the_replicas_chunks_with_empty_text_ones_kept(
+    root: Path,
+) -> None:
+    """LiteLLM's stream drops a chunk with empty text (an end-of-turn token, half a split
+    character) and its ids; its class records the chunks before that, and the hook finds them
+    under every wrapper that shares the stream's `chunks` (fallback wrapper, Anthropic adapter),
+    the first chunk included, which the router reads before any hook sees the stream."""
+    pytest.importorskip("litellm.integrations.custom_logger")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from hvt.trajectory import logger as trajectory_logger
+    from hvt.trajectory.logger import TrajectoryLogger
+
+    sent = [
+        {"prompt_token_ids": [1, 2], "choices": [{"index": 0, "delta": {"content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"content": " a"}, "token_ids": [7]}]},
+        {"choices": [{"index": 0, "delta": {"content": ""}, "token_ids": [8]}]},  # split char
+        {"choices": [{"index": 0, "delta": {"content": " é"}, "token_ids": [9]}]},
+        {"choices": [{"index": 0, "delta": {"content": ""}, "token_ids": [0]}]},  # end of turn
+    ]
+
+    class LiteLLMStream:  # what CustomStreamWrapper does with chunks: process, drop empty text
+        def __init__(self) -> None:
+            self.completion_stream = iter(sent)
+            self.chunks: list[Any] = []
+
+        def chunk_creator(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+            if not chunk["choices"][0]["delta"]["content"]:
+                return None
+            self.chunks.append(chunk)
+            return chunk
+
+        async def __anext__(self) -> dict[str, Any]:
+            for chunk in self.completion_stream:
+                out = self.chunk_creator(chunk=chunk)
+                if out is not None:
+                    return out
+            raise StopAsyncIteration
+
+    class Fallback:  # the router's wrapper: shares `chunks`, the first chunk already read
+        def __init__(self, inner: LiteLLMStream) -> None:
+            self.inner = inner
+            self.chunks = inner.chunks
+            self.first: Any = None
+
+        async def start(self) -> Fallback:
+            self.first = await self.inner.__anext__()
+            return self
+
+        def __aiter__(self) -> Fallback:
+            return self
+
+        async def __anext__(self) -> Any:
+            if self.first is not None:
+                first, self.first = self.first, None
+                return first
+            return await self.inner.__anext__()
+
+    class Boundary:  # the proxy's upstream boundary: forwards attribute reads to its source
+        __slots__ = ("_source",)
+
+        def __init__(self, source: Any) -> None:
+            self._source = source
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._source, name)
+
+        def __aiter__(self) -> Any:
+            return self._source.__aiter__()
+
+    class AnthropicAdapter:  # the messages route: chunks is the inner stream's
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        @property
+        def chunks(self) -> list[Any]:
+            return self.inner.chunks  # type: ignore[no-any-return]
+
+        def __aiter__(self) -> AnthropicAdapter:
+            return self
+
+        async def __anext__(self) -> bytes:
+            return json.dumps(await self.inner.__anext__()).encode()
+
+    assert trajectory_logger.record_raw_chunks(LiteLLMStream)
+    assert trajectory_logger.record_raw_chunks(LiteLLMStream)  # once only
+    body = {"model": "vllm_model", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    streamed = {k: v for k, v in RESPONSE.items() if k != "prompt_token_ids"}
+
+    async def scenario() -> int:
+        passed = 0
+        chat = Boundary(await Fallback(LiteLLMStream()).start())
+        messages = Boundary(AnthropicAdapter(await Fallback(LiteLLMStream()).start()))
+        for call, stream in (("chat", chat), ("messages", messages)):
+            kw = _kwargs("acompletion", body, {"x-harbor-trial-dir": "step_0001/trial-a"})
+            kw["litellm_call_id"] = call
+            await logger.async_log_success_event(kw, json.loads(json.dumps(streamed)), 0.0, 1.0)
+            async for _ in logger.async_post_call_streaming_iterator_hook(
+                None, stream, {"litellm_call_id": call}
+            ):
+                passed += 1
+        return passed
+
+    logger = TrajectoryLogger(root)
+    assert asyncio.run(scenario()) == 4  # the client still gets LiteLLM's chunks only
+    logger.close()
+    lines = (root / "step_0001" / "trial-a" / FILE).read_text().splitlines()
+    assert len(lines) == 2
+    for record in map(json.loads, lines):
+        assert record["tokens"]["choices"][0]["token_ids"] == [7, 8, 9, 0], record["tokens"]
+        assert record["tokens"]["prompt_token_ids"] == [1, 2]
+        assert record["tokens"]["prompt_token_ids_source"] == "response"
+    assert not trajectory_logger._RAW_CHUNKS  # each stream's recording went with its record

@@ -8,12 +8,16 @@ happens on a background thread (`trajectory_writer`). Nothing here may block or 
 every hook catches and logs its own errors.
 
 Streamed calls: LiteLLM's assembled stream response drops vLLM's per-delta `token_ids` and
-logprobs, so the streaming iterator hook collects them from the stream's chunks and the record
-is written once both the success event and the end of the stream have been seen (or after
-`STREAM_MERGE_WAIT_S` without the token data, marked `tokens_status: "missing"`). LiteLLM also
-drops the `prompt_token_ids` vLLM puts in the first chunk; for those calls the logger asks the
-same replica's `/tokenize` with the exact body LiteLLM sent (messages, tools, chat template
-options), i.e. vLLM's own rendering of that prompt (`prompt_token_ids_source: "vllm-tokenize"`).
+logprobs, and its processed chunks drop every chunk with empty text (special tokens such as the
+end of a turn, half of a split character) with their ids; so LiteLLM's stream class records the
+replica's chunks as it receives them (`record_raw_chunks`, before its processing) and the
+streaming iterator hook takes the token data from those (LiteLLM's processed chunks where none
+were recorded). The record is written once both the success event and the end of the stream
+have been seen (or after `STREAM_MERGE_WAIT_S` without the token data, marked `tokens_status:
+"missing"`). The `prompt_token_ids` vLLM puts in the first chunk do not survive LiteLLM's
+parsing; for those calls the logger asks the same replica's `/tokenize` with the exact body
+LiteLLM sent (messages, tools, chat template options), i.e. vLLM's own rendering of that prompt
+(`prompt_token_ids_source: "vllm-tokenize"`).
 
 Aborted calls (`hvt.trajectory.aborts`): an answer the replica aborted (a weight update under
 `training.mode: colocate_async`) never reaches the client as an answer. Non-streamed, the
@@ -80,6 +84,69 @@ def _chunks(response: Any) -> list[Any]:
     return list(chunks) if isinstance(chunks, list) else []
 
 
+# Each stream's chunks as the replica sent them, recorded before LiteLLM processes them. LiteLLM
+# drops a chunk whose text is empty, and its token ids with it: vLLM sends the end-of-turn and
+# other special tokens, and the first token of a character split over two, with empty text.
+# Taken from the processed chunks, a streamed answer would lose its end-of-turn token, which the
+# next call's prompt would then supply untrained. Keyed by the stream's list of processed chunks
+# (`chunks`), which every wrapper above it shares (the router's fallback wrapper, the Anthropic
+# adapter), so the iterator hook finds them; the router reads a stream's first chunk before any
+# hook sees the stream, which is why the recording sits in LiteLLM's class, not in the hook.
+_RAW_CHUNKS: dict[int, tuple[list[Any], list[Any], float]] = {}
+RAW_CHUNKS_TTL_S = 3600.0  # a stream whose hook never ran (not proxied) is forgotten after this
+
+
+def record_raw_chunks(stream_class: type | None = None) -> bool:
+    """Make LiteLLM's CustomStreamWrapper (or `stream_class`) keep every stream's raw chunks
+    (idempotent); False where this LiteLLM has no such class (the processed chunks are used)."""
+    if stream_class is None:
+        try:
+            from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+        except ImportError:
+            return False
+        stream_class = CustomStreamWrapper
+    create = getattr(stream_class, "chunk_creator", None)
+    if not callable(create):
+        return False
+    if getattr(create, "_hvt_records_raw", False):
+        return True
+
+    def chunk_creator(self: Any, chunk: Any) -> Any:
+        processed = getattr(self, "chunks", None)
+        if isinstance(processed, list):
+            entry = _RAW_CHUNKS.get(id(processed))
+            if entry is None or entry[0] is not processed:
+                now = time.monotonic()
+                for key in [k for k, e in _RAW_CHUNKS.items() if now - e[2] > RAW_CHUNKS_TTL_S]:
+                    del _RAW_CHUNKS[key]
+                entry = _RAW_CHUNKS[id(processed)] = (processed, [], now)
+            entry[1].append(chunk)
+        return create(self, chunk=chunk)
+
+    chunk_creator._hvt_records_raw = True  # type: ignore[attr-defined]
+    stream_class.chunk_creator = chunk_creator  # type: ignore[attr-defined]
+    return True
+
+
+def token_chunks(response: Any) -> list[Any]:
+    """The chunks to take a stream's token data from (and forget): the raw ones where they
+    were recorded and hold at least the processed ones' token ids (a fallback to another
+    deployment starts a stream of its own), else LiteLLM's processed ones."""
+    processed = _chunks(response)
+    listed = getattr(response, "chunks", None)
+    entry = _RAW_CHUNKS.pop(id(listed), None) if isinstance(listed, list) else None
+    if entry is None or entry[0] is not listed:
+        return processed
+
+    def id_count(chunks: list[Any]) -> int:
+        return sum(
+            len(c.get("token_ids") or [])
+            for c in trajectory_record.tokens_from_chunks(chunks)["choices"]
+        )
+
+    return entry[1] if id_count(entry[1]) >= id_count(processed) else processed
+
+
 def stream_kwargs(request_data: Mapping[str, Any], chunks: list[Any]) -> dict[str, Any]:
     """LiteLLM-callback-shaped kwargs for a stream that has no logging event: the proxy's
     request data and the deployment the chunks came from."""
@@ -115,6 +182,12 @@ class TrajectoryLogger(CustomLogger):
         self._stream_parts: dict[str, tuple[float, dict[str, Any]]] = {}
         self._aborted: dict[str, float] = {}  # call id -> when its deployment answered `abort`
         self.finish_reason_registered = aborts.register_abort_finish_reason()
+        self.raw_chunks_recorded = record_raw_chunks()
+        if not self.raw_chunks_recorded:
+            log.error(
+                "this LiteLLM has no CustomStreamWrapper.chunk_creator: streamed answers lose "
+                "the token ids of chunks with empty text (end-of-turn tokens) in their records"
+            )
         if self.root is None:
             log.error(
                 "%s is not set: trajectory records will not be written",
@@ -179,9 +252,9 @@ class TrajectoryLogger(CustomLogger):
         finally:
             try:
                 if aborted:
-                    self._stream_aborted(response, request_data)
+                    self._stream_aborted(response, request_data, token_chunks(response))
                 else:
-                    self._stream_done(response, request_data)
+                    self._stream_done(response, request_data, token_chunks(response))
             except Exception:
                 log.exception("collecting stream token data failed")
         if aborted:
@@ -238,7 +311,9 @@ class TrajectoryLogger(CustomLogger):
         except Exception:
             log.exception("building a trajectory record failed")
 
-    def _stream_aborted(self, response: Any, request_data: Mapping[str, Any]) -> None:
+    def _stream_aborted(
+        self, response: Any, request_data: Mapping[str, Any], token_data: list[Any]
+    ) -> None:
         """The record of a stream the replica aborted: what was asked, the partial tokens, the
         error the client got instead of the stream's end."""
         kwargs = stream_kwargs(request_data, _chunks(response))
@@ -249,7 +324,7 @@ class TrajectoryLogger(CustomLogger):
         logging_obj = request_data.get("litellm_logging_obj")
         start = getattr(logging_obj, "start_time", None)
         record = trajectory_record.build(kwargs, None, start, dt.datetime.now(), success=False)
-        record["tokens"] = trajectory_record.tokens_from_chunks(_chunks(response))
+        record["tokens"] = trajectory_record.tokens_from_chunks(token_data)
         record["tokens_status"] = (
             "ok" if trajectory_record.has_token_ids(record["tokens"]) else "missing"
         )
@@ -257,11 +332,13 @@ class TrajectoryLogger(CustomLogger):
         record["weight_version"], record["weight_version_source"] = version, source
         self._submit(trial_dir, aborts.mark_record(record))
 
-    def _stream_done(self, response: Any, request_data: Mapping[str, Any]) -> None:
+    def _stream_done(
+        self, response: Any, request_data: Mapping[str, Any], token_data: list[Any]
+    ) -> None:
         call_id = str(request_data.get("litellm_call_id") or "")
         if not call_id:
             return
-        tokens = trajectory_record.tokens_from_chunks(_chunks(response))
+        tokens = trajectory_record.tokens_from_chunks(token_data)
         pending = self._pending.pop(call_id, None)
         if pending is not None:
             trial_dir, record, timer = pending
