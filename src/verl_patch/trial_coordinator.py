@@ -7,6 +7,9 @@ first. In a training run one instance lives in a named Ray actor (`agent_loop.py
 all workers; tests and single-process use run it in-process. Pure asyncio, no Ray import.
 
 Trials are grouped per step ("train:12", "val:10"); the tail-kill policy applies per group.
+Under `training.mode: colocate_async` about two steps' trials are in flight at once: a free slot
+goes to the oldest step's waiting trials first (the step the trainer waits on), in the order
+they asked, and the tail-killer of one step never touches another's trials.
 
 Each trial also gets a sandbox host from the run's Fleet (harbor_agent.docker_hosts): `acquire`
 returns its name, `reassign` moves a trial whose sandbox failed to start to another host for its
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -60,6 +64,11 @@ class TrialCoordinator:
         self.running: set[tuple[str, str]] = set()
         self.tried: dict[str, set[str]] = {}  # trial -> hosts its earlier attempts failed on
         self.groups: OrderedDict[str, StepProgress] = OrderedDict()
+        self.group_rank: dict[str, int] = {}  # group -> the order it was first seen in
+        # (group, trial) waiting for a slot -> its place in line: (its group's rank, arrival)
+        self.waiting: dict[tuple[str, str], tuple[int, int]] = {}
+        self._ranks = itertools.count()
+        self._arrivals = itertools.count()
         self._cond: asyncio.Condition | None = None
         self._prober: asyncio.Task[None] | None = None
 
@@ -72,8 +81,10 @@ class TrialCoordinator:
         progress = self.groups.get(group)
         if progress is None:
             progress = self.groups[group] = StepProgress(self.policy)
+            self.group_rank[group] = next(self._ranks)
             while len(self.groups) > MAX_GROUPS:
-                self.groups.popitem(last=False)
+                dropped, _ = self.groups.popitem(last=False)
+                self.group_rank.pop(dropped, None)
         return progress
 
     async def acquire(self, group: str, trial_id: str) -> str | None:
@@ -83,18 +94,35 @@ class TrialCoordinator:
         progress.register(trial_id, self.clock())
         self._start_probing()
         cond = self._condition()
+        key = (group, trial_id)
         async with cond:
-            while True:
-                progress.due(self.clock())
-                if trial_id in progress.killed:
-                    return None
-                if len(self.running) < self.max_concurrent:
-                    host = self._place(trial_id)
-                    if host is not None:
-                        self.running.add((group, trial_id))
-                        return host
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), timeout=self.tick_sec)
+            self.waiting[key] = (self.group_rank[group], next(self._arrivals))
+            try:
+                while True:
+                    progress.due(self.clock())
+                    if trial_id in progress.killed:
+                        return None
+                    if len(self.running) < self.max_concurrent and self._next_in_line(key):
+                        host = self._place(trial_id)
+                        if host is not None:
+                            self.running.add(key)
+                            return host
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(cond.wait(), timeout=self.tick_sec)
+            finally:
+                self.waiting.pop(key, None)
+                cond.notify_all()  # the next in line may go now
+
+    def _next_in_line(self, key: tuple[str, str]) -> bool:
+        """Whether the waiting trial is the first in line: the oldest group's, earliest asked.
+        A host for one waiter is a host for any (Fleet.place only prefers), so nobody behind a
+        waiter that cannot be placed could be."""
+        line = {k: v for k, v in self.waiting.items() if not self._killed(k)}
+        return not line or line.get(key) == min(line.values())
+
+    def _killed(self, key: tuple[str, str]) -> bool:
+        progress = self.groups.get(key[0])
+        return progress is not None and key[1] in progress.killed
 
     async def reassign(self, group: str, trial_id: str, setup_failed: bool) -> str | None:
         """The trial's attempt ended and it will be retried (it keeps its slot): it leaves its

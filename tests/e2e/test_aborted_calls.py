@@ -284,3 +284,69 @@ def test_a_streamed_answer_keeps_its_end_of_turn_token_and_trains_it(
     assert seq is not None and seq.exact and seq.chains == 1 and seq.calls_used == 2
     trained = [t for t, m in zip(seq.response_ids, seq.response_mask, strict=True) if m]
     assert trained.count(END) == 2, chain.policy.token_strings(trained)
+
+
+RUNTIME_IMAGE = "verl-swe-rl/agent-runtime:latest"
+CLAUDE = "/opt/custom-agent-runtime/claude-code/bin/claude"
+
+
+def test_claude_code_itself_retries_an_aborted_call_and_finishes(chain: Chain) -> None:
+    """The real claude-code (the agent-runtime image's, with the environment our adapter gives
+    it) against the real proxy while the replica aborts its call mid-answer at a weight update:
+    claude-code must retry the refused call by itself and finish with the new policy's answer,
+    and its trajectory must hold the aborted call marked and never train on it."""
+    import docker
+
+    from harbor_patch.agents import proxy_env
+    from tests.helpers.prerequisites import require_images
+
+    require_images(RUNTIME_IMAGE)
+    route = "step_0005/trial-claude-code"
+    trial = chain.trials / route
+    trial.mkdir(parents=True)
+    env = proxy_env.agent_env(
+        base_url=chain.base, api_key=MASTER_KEY, model=MODEL, route=route, temperature=None
+    )
+    client = docker.from_env()
+    old, new = chain.policy.weight_version, chain.policy.weight_version + 1
+    sampled = chain.policy.sampled
+    container = client.containers.run(
+        RUNTIME_IMAGE,
+        ["-p", ASK, "--max-turns", "1", "--output-format", "json"],
+        entrypoint=[CLAUDE],
+        environment={**env, "HOME": "/tmp"},
+        network_mode="host",  # the proxy listens on this host's loopback
+        detach=True,
+    )
+    try:
+        wait_until(lambda: chain.policy.sampled >= sampled + 4, 120, "claude-code's first call")
+        aborted = asyncio.run(chain.server.abort_all_requests())
+        assert aborted["aborted_count"] >= 1
+        time.sleep(1.0)  # claude-code retries; the paused replica holds the retry
+        chain.server.update_weights({}, new)
+        asyncio.run(chain.server.resume_generation())
+        exit_code = container.wait(timeout=scaled(240))["StatusCode"]
+        output = container.logs(stdout=True, stderr=False).decode(errors="replace")
+        errors = container.logs(stdout=False, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert exit_code == 0, output[-2000:] + errors[-2000:]
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result.get("is_error") is False, result
+    words = str(result.get("result", "")).split()
+    assert words and all(w.endswith(f"v{new}") for w in words), words  # the retry's answer
+
+    path = trial / RECORD_DIR / "litellm-trajectory.jsonl"
+    wait_until(lambda: any(not r.get("aborted") for r in read_records(path)), 30, "records")
+    records = read_records(path)
+    cut = [r for r in records if r.get("aborted")]
+    assert cut and all(r["weight_version"] == old for r in cut), [
+        (r.get("aborted"), r.get("weight_version")) for r in records
+    ]
+    stats = TrajectoryStats()
+    seq = from_trial_dir(trial / RECORD_DIR, None, stats)
+    assert seq is not None and seq.exact, stats
+    assert stats.aborted == len(cut) and stats.aborted_unretried == 0
+    assert seq.weight_versions == [new]
+    cut_ids = {t for r in cut for t in r["tokens"]["choices"][0]["token_ids"]}
+    assert not cut_ids & set(seq.response_ids)  # nothing of the aborted answer is trained

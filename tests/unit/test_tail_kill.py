@@ -146,3 +146,72 @@ def test_coordinator_stops_running_and_queued_stragglers() -> None:
         "stopped while queued",
         "stopped while running",
     ]
+
+
+def test_two_steps_in_flight_share_the_limit_the_older_step_goes_first_and_is_cut_alone() -> None:
+    """colocate_async: step 4's trials start while step 3's still run and wait. The limit holds
+    across both, a free slot goes to step 3's waiting trial first (the step the trainer waits
+    on) even when step 4's asked earlier, and step 3's tail-kill stops step 3's stragglers
+    only."""
+    clock = Clock()
+
+    async def scenario() -> tuple[list[str], dict[str, str], int]:
+        coord = TrialCoordinator(
+            max_concurrent=3,
+            policy=TailKillPolicy(target=0.5, grace_sec=30, min_tasks=4),
+            clock=clock,
+            tick_sec=0.01,
+        )
+        started: list[str] = []
+        outcome: dict[str, str] = {}
+        running = peak = 0
+        finish = {name: asyncio.Event() for name in "cdpqrs"}
+
+        async def trial(group: str, name: str) -> None:
+            nonlocal running, peak
+            if await coord.acquire(group, name) is None:
+                outcome[name] = "stopped while queued"
+                return
+            started.append(name)
+            running += 1
+            peak = max(peak, running)
+            while name not in finish or not finish[name].is_set():
+                if await coord.should_stop(group, name):
+                    running -= 1
+                    await coord.release(group, name, finished=False)
+                    outcome[name] = "stopped while running"
+                    return
+                await asyncio.sleep(0.01)
+            running -= 1
+            await coord.release(group, name)
+            outcome[name] = "done"
+
+        async def settle() -> None:
+            await asyncio.sleep(0.08)
+
+        tasks = [asyncio.create_task(trial("train:3", n)) for n in "abc"]  # a, b straggle
+        await settle()  # a, b, c run
+        tasks += [asyncio.create_task(trial("train:4", n)) for n in "pqrs"]
+        await settle()  # step 4 waits
+        tasks.append(asyncio.create_task(trial("train:3", "d")))  # a worker slow to start it
+        await settle()
+        assert started == ["a", "b", "c"], started
+        finish["c"].set()
+        await settle()
+        assert started == ["a", "b", "c", "d"], started  # step 3's d before step 4's p
+        finish["d"].set()  # 2 of step 3's 4 done: its grace period starts now (t=0)
+        await settle()
+        assert started[4:] == ["p"], started  # the freed slot: step 4's first
+        clock.now = 31.0  # step 3's grace is over: a and b are stopped, step 4 keeps running
+        await settle()
+        assert outcome.get("a") == outcome.get("b") == "stopped while running", outcome
+        assert sorted(started[5:]) == ["q", "r"], started
+        for name in "pqrs":
+            finish[name].set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+        return started, outcome, peak
+
+    started, outcome, peak = asyncio.run(scenario())
+    assert peak == 3, peak
+    assert started == ["a", "b", "c", "d", "p", *started[5:7], "s"], started
+    assert {n: outcome[n] for n in "cdpqrs"} == dict.fromkeys("cdpqrs", "done")
