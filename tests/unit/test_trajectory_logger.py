@@ -554,3 +554,23 @@ def test_stream_token_ids_come_from_the_replicas_chunks_with_empty_text_ones_kep
         assert record["tokens"]["prompt_token_ids"] == [1, 2]
         assert record["tokens"]["prompt_token_ids_source"] == "response"
     assert not trajectory_logger._RAW_CHUNKS  # each stream's recording went with its record
+
+
+@pytest.mark.parametrize(
+    ("url", "call_type"),
+    [
+        ("http://proxy:8002/v1/messages?beta=true", "anthropic_messages"),  # claude-code's
+        ("http://proxy:8002/v1/messages", "anthropic_messages"),
+        ("http://proxy:8002/v1/chat/completions", "acompletion"),
+        ("http://proxy:8002/v1/chat/completions?messages=1", "acompletion"),
+    ],
+)
+def test_an_aborted_streams_record_knows_its_route(url: str, call_type: str) -> None:
+    """The record of a stream cut by an abort is built from the request alone: its route
+    decides how its messages are read, and a retry is matched to it by them."""
+    pytest.importorskip("litellm.integrations.custom_logger")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from hvt.trajectory.logger import stream_kwargs
+
+    kwargs = stream_kwargs({"proxy_server_request": {"url": url}}, [])
+    assert kwargs["call_type"] == call_type

@@ -41,6 +41,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from litellm.integrations.custom_logger import CustomLogger
 
@@ -152,12 +153,13 @@ def stream_kwargs(request_data: Mapping[str, Any], chunks: list[Any]) -> dict[st
     request data and the deployment the chunks came from."""
     proxy_request = request_data.get("proxy_server_request") or {}
     url = str(proxy_request.get("url") or "") if isinstance(proxy_request, Mapping) else ""
+    path = urlsplit(url).path  # claude-code calls /v1/messages?beta=true
     hidden: Any = getattr(chunks[0], "_hidden_params", None) if chunks else None
     api_base = hidden.get("api_base") if isinstance(hidden, Mapping) else None
     return {
         "litellm_call_id": request_data.get("litellm_call_id"),
         "call_type": "anthropic_messages"
-        if url.rstrip("/").endswith("messages")
+        if path.rstrip("/").endswith("/messages")
         else "acompletion",
         "model": request_data.get("model"),
         "stream": True,
