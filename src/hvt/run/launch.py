@@ -294,7 +294,10 @@ def _reap_orphans(cfg: RunConfig) -> None:
     def say(line: str) -> None:
         console.print(f"[yellow]sandboxes[/] {escape(line)}", highlight=False)
 
-    clean.reap_orphans(cfg, say)
+    try:
+        clean.reap_orphans(cfg, say)
+    except Exception as exc:  # never fail or hold up a launch over it: `hvt clean --pods` remains
+        say(f"could not look for orphaned sandboxes: {exc} (hvt clean --pods removes them)")
 
 
 def _train(
