@@ -129,23 +129,21 @@ def record_raw_chunks(stream_class: type | None = None) -> bool:
     return True
 
 
-def token_chunks(response: Any) -> list[Any]:
-    """The chunks to take a stream's token data from (and forget): the raw ones where they
-    were recorded and hold at least the processed ones' token ids (a fallback to another
-    deployment starts a stream of its own), else LiteLLM's processed ones."""
-    processed = _chunks(response)
+def stream_tokens(response: Any) -> dict[str, Any]:
+    """A finished stream's token data (and its recording forgotten): from the raw chunks where
+    they were recorded and hold at least the processed ones' token ids (a fallback to another
+    deployment starts a stream of its own), else from LiteLLM's processed ones."""
+    processed = trajectory_record.tokens_from_chunks(_chunks(response))
     listed = getattr(response, "chunks", None)
     entry = _RAW_CHUNKS.pop(id(listed), None) if isinstance(listed, list) else None
     if entry is None or entry[0] is not listed:
         return processed
+    raw = trajectory_record.tokens_from_chunks(entry[1])
 
-    def id_count(chunks: list[Any]) -> int:
-        return sum(
-            len(c.get("token_ids") or [])
-            for c in trajectory_record.tokens_from_chunks(chunks)["choices"]
-        )
+    def id_count(tokens: dict[str, Any]) -> int:
+        return sum(len(c.get("token_ids") or []) for c in tokens["choices"])
 
-    return entry[1] if id_count(entry[1]) >= id_count(processed) else processed
+    return raw if id_count(raw) >= id_count(processed) else processed
 
 
 def stream_kwargs(request_data: Mapping[str, Any], chunks: list[Any]) -> dict[str, Any]:
@@ -254,9 +252,9 @@ class TrajectoryLogger(CustomLogger):
         finally:
             try:
                 if aborted:
-                    self._stream_aborted(response, request_data, token_chunks(response))
+                    self._stream_aborted(response, request_data, stream_tokens(response))
                 else:
-                    self._stream_done(response, request_data, token_chunks(response))
+                    self._stream_done(request_data, stream_tokens(response))
             except Exception:
                 log.exception("collecting stream token data failed")
         if aborted:
@@ -314,7 +312,7 @@ class TrajectoryLogger(CustomLogger):
             log.exception("building a trajectory record failed")
 
     def _stream_aborted(
-        self, response: Any, request_data: Mapping[str, Any], token_data: list[Any]
+        self, response: Any, request_data: Mapping[str, Any], tokens: dict[str, Any]
     ) -> None:
         """The record of a stream the replica aborted: what was asked, the partial tokens, the
         error the client got instead of the stream's end."""
@@ -326,7 +324,7 @@ class TrajectoryLogger(CustomLogger):
         logging_obj = request_data.get("litellm_logging_obj")
         start = getattr(logging_obj, "start_time", None)
         record = trajectory_record.build(kwargs, None, start, dt.datetime.now(), success=False)
-        record["tokens"] = trajectory_record.tokens_from_chunks(token_data)
+        record["tokens"] = tokens
         record["tokens_status"] = (
             "ok" if trajectory_record.has_token_ids(record["tokens"]) else "missing"
         )
@@ -334,13 +332,10 @@ class TrajectoryLogger(CustomLogger):
         record["weight_version"], record["weight_version_source"] = version, source
         self._submit(trial_dir, aborts.mark_record(record))
 
-    def _stream_done(
-        self, response: Any, request_data: Mapping[str, Any], token_data: list[Any]
-    ) -> None:
+    def _stream_done(self, request_data: Mapping[str, Any], tokens: dict[str, Any]) -> None:
         call_id = str(request_data.get("litellm_call_id") or "")
         if not call_id:
             return
-        tokens = trajectory_record.tokens_from_chunks(token_data)
         pending = self._pending.pop(call_id, None)
         if pending is not None:
             trial_dir, record, timer = pending
