@@ -155,5 +155,5 @@ ansible-collections: $(PY) ## install the collections pinned in ansible/requirem
 test-ansible: $(PY) ## the Ansible roles on systemd hosts in containers (Molecule + testinfra; part of make test)
 	$(VENV)/bin/pytest tests/ansible $(PYTEST_ARGS)
 
-smoke: repos image secrets ## the main job on a CPU machine: verl's real trainer, 2 steps, a restart, a resumed step 3, then down
+smoke: repos image secrets ## the main job on a CPU machine: verl's real trainer, sync 2 steps then async 3 (a restart, a resume), then down
 	$(HVT) smoke stack

@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,18 +116,28 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
                 eos_id=int(self.tokenizer.eos_token_id),
             ),
         )
-        self._record(sample, step, split, extra)
+        self._record(sample, step, split, extra, kwargs.get("uid"))
         if sample.info.get("infra_failure"):
             # verl leaves the sample out of its group; infra_sampler counts it per step
             raise InfraFailure(sample.info["rollout_id"], sample.info["infra_failure"])
         return self._output(sample, step)
 
-    def _record(self, sample: Sample, step: int | None, split: str, extra: dict[str, Any]) -> None:
+    def _record(
+        self,
+        sample: Sample,
+        step: int | None,
+        split: str,
+        extra: dict[str, Any],
+        uid: str | None = None,
+    ) -> None:
         oldest, newest = version_range(sample.info["weight_versions"], step)
         line = {
             "step": step,  # the step the trial was submitted in (its directory's step)
             "split": split,
             "instance_id": extra.get("instance_id"),
+            # the prompt group (verl's uid): which step trained it is in trained_groups.jsonl
+            "uid": uid,
+            "finished_at": time.time(),
             **sample.info,  # weight_versions: as the replica reported them per call
             "min_global_steps": oldest,  # what verl's staleness metrics get (version_range)
             "max_global_steps": newest,

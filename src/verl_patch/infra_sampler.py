@@ -18,6 +18,9 @@ buffer counts the selected groups' missing samples (`rollout_n` per group, from
   broken fleet.
 
 Which rollouts failed and why: `rollouts.jsonl` of the step (`infra_failure`).
+
+Which step trained which prompt group: after each sample of the training partition the buffer
+appends a line to `<trials_dir>/trained_groups.jsonl` (`verl_patch.trained_groups`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import logging
 from typing import Any
 
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+from verl_patch.trained_groups import record_trained
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class _Counting:
 
     sampler_kwargs: Any
     _hvt_selected: list[str]
+    _hvt_submitted: dict[str, int]
 
     def _select_prompt_uids(
         self, partition_id: str, sampleable_keys: set[str], batch_size: int
@@ -84,6 +90,7 @@ class _Counting:
             partition_id, sampleable_keys, batch_size
         )
         self._hvt_selected = list(selected)
+        self._hvt_submitted = {uid: int(steps[uid]) for uid in selected if uid in steps}
         return selected, partition, steps
 
     def sample(
@@ -93,6 +100,7 @@ class _Counting:
         rollout_n = int(kwargs.get("rollout_n", 1))
         limit = float(kwargs.get("max_infra_failure_fraction", 1.0))
         self._hvt_selected = []
+        self._hvt_submitted = {}
         try:
             batch, metrics = super().sample(global_steps, partition_id, batch_size)  # type: ignore[misc]
         except RuntimeError as exc:
@@ -107,6 +115,7 @@ class _Counting:
             expected = rollout_n * len(self._hvt_selected)
             missing = missing_samples(self._hvt_selected, list(batch.keys), rollout_n)
             metrics = {**metrics, **check(global_steps, missing, expected, limit)}
+            record_trained(global_steps, self._hvt_selected, self._hvt_submitted)
         return batch, metrics
 
 

@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--sync", default="on", choices=["on", "off"])
     parser.add_argument("--infra-failure", action="store_true")
+    parser.add_argument("--mode", default="sync", choices=["sync", "colocate_async"])
     args = parser.parse_args()  # tests.conftest.filled_config
     from hvt.config.model import RunConfig
     from hvt.config.run_paths import RunPaths
@@ -92,6 +93,7 @@ def main() -> int:
         "runtime_info.input.training.save_freq": 1,
         "runtime_info.input.training.test_freq": -1,
         "runtime_info.input.harbor_runtime.num_workers": 1,
+        "runtime_info.input.training.mode": args.mode,
         "runtime_info.input.algorithm.preset": args.preset,
         "runtime_info.input.algorithm.learning_rate": 0.05,  # the tiny model moves visibly
         "runtime_info.input.credentials.wandb_mode": "disabled",

@@ -108,6 +108,14 @@ def test_cpu_mode_drops_the_gpu_and_runs_the_smoke() -> None:
     ]
     assert trainer["restart"] == "no"  # hvt smoke stack restarts it once, for the resume
     assert trainer["environment"]["HVT_CONFIG"] == "/workspace/config/smoke.yaml"
+    # the smoke's second experiment: the same service on config/smoke-async.yaml
+    second = _config(
+        "compose.yaml",
+        "compose.cpu.yaml",
+        env={**env, "HVT_SMOKE_CONFIG": "/workspace/config/smoke-async.yaml"},
+    )["services"]["trainer"]
+    assert second["command"][-1] == second["environment"]["HVT_CONFIG"]
+    assert second["command"][-1] == "/workspace/config/smoke-async.yaml"
     # the fleet of config/smoke.yaml: two TLS-only daemons the trainer waits for, its client
     # certificates mounted where docker_hosts[].docker_cert_path points
     assert set(trainer["depends_on"]) >= {"sandbox-a", "sandbox-b"}

@@ -73,7 +73,13 @@ def test_auto_name_is_persisted_until_the_run_completes(paths: RunPaths) -> None
         filled_config(**{"runtime_info.input.experiment.exp_name": "mine"})
     )
     assert resolve_exp_name(named, paths) == "mine"
-    assert auto_exp_name(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)).endswith("20260102-030405")
+    cfg = RunConfig.model_validate(filled_config())
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert auto_exp_name(cfg, when) == "harbor-cc-sync-1n-20260102-030405"
+    async_cfg = RunConfig.model_validate(
+        filled_config(**{"runtime_info.input.training.mode": "colocate_async"})
+    )
+    assert auto_exp_name(async_cfg, when).startswith("harbor-cc-colocate-async-1n-")
 
 
 def test_tee_splits_throughput_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,7 +49,6 @@ from hvt.run import clean, ray_auth, verl_command
 from hvt.run import records as run_records
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-EXP_PREFIX = "harbor-cc-sync-1n"
 CPU_MODE_RAY_CPUS = 32
 RAY_START_ATTEMPTS = 3
 # vLLM's periodic stats and verl's rollout timing: what the throughput log keeps.
@@ -63,9 +62,11 @@ class LaunchError(Exception):
     """Refusal to launch; the message names the culprit and the fix."""
 
 
-def auto_exp_name(now: datetime | None = None) -> str:
+def auto_exp_name(cfg: RunConfig, now: datetime | None = None) -> str:
+    """harbor-cc-<training mode>-<nodes>n-<UTC time>, e.g. harbor-cc-colocate-async-1n-20261201-2107."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    return f"{EXP_PREFIX}-{stamp}"
+    mode = cfg.inputs.training.mode.replace("_", "-")
+    return f"harbor-cc-{mode}-{cfg.inputs.infrastructure.nnodes}n-{stamp}"
 
 
 def resolve_exp_name(cfg: RunConfig, paths: RunPaths) -> str:
@@ -75,7 +76,7 @@ def resolve_exp_name(cfg: RunConfig, paths: RunPaths) -> str:
     current = paths.state / "current_exp"
     if current.is_file() and current.read_text().strip():
         return current.read_text().strip()
-    name = auto_exp_name()
+    name = auto_exp_name(cfg)
     paths.state.mkdir(parents=True, exist_ok=True)
     current.write_text(name + "\n")
     return name

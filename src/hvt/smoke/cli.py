@@ -60,9 +60,10 @@ def pull_missing(client: Any, refs: list[str]) -> None:
             raise typer.Exit(2)
 
 
-SMOKE_CONFIG = "config/smoke.yaml"
-RESTART_AFTER = 2  # steps of the first launch; the restarted trainer resumes and runs the last
-FIRST_RUN_WAIT_S = 45 * 60
+SMOKE_CONFIG = "config/smoke.yaml"  # the first experiment: training.mode sync
+ASYNC_CONFIG = "config/smoke-async.yaml"  # the second: colocate_async, restarted and resumed
+RESTART_AFTER = 2  # steps of the async experiment's first launch; the resumed one runs the last
+RUN_WAIT_S = 45 * 60
 
 
 SANDBOX_DAEMONS = ("sandbox-a", "sandbox-b")  # compose.cpu.yaml; config/smoke.yaml's fleet
@@ -245,10 +246,24 @@ def _oracle(root: Path, env: dict[str, str]) -> verify.Check:
     )
 
 
+def _run_to_end(root: Path, env: dict[str, str], client: Any, project: str) -> int:
+    """Follow the trainer until it exits by itself; its exit code."""
+    follower = _follow(root, env)
+    try:
+        result = _service(client, project).wait(timeout=RUN_WAIT_S)
+    except Exception as exc:  # requests' ReadTimeout, a vanished container
+        typer.echo(f"hvt smoke: the trainer did not finish in {RUN_WAIT_S // 60} min ({exc})")
+        return 1
+    finally:
+        time.sleep(2)
+        follower.terminate()
+    return int(result["StatusCode"])
+
+
 def _run_and_resume(
     root: Path, env: dict[str, str], client: Any, project: str, data: Path, project_name: str
 ) -> int:
-    """Up; after global_step_{RESTART_AFTER}, restart the trainer; its last exit code."""
+    """Follow the trainer; after global_step_{RESTART_AFTER}, restart it; its last exit code."""
     follower = _follow(root, env)
     started = time.monotonic()
     try:
@@ -264,9 +279,9 @@ def _run_and_resume(
                 return int(trainer.attrs["State"]["ExitCode"]) or 1
             if _checkpointed(data, project_name) >= RESTART_AFTER:
                 break
-            if time.monotonic() - started > FIRST_RUN_WAIT_S:
+            if time.monotonic() - started > RUN_WAIT_S:
                 typer.echo(f"hvt smoke: no global_step_{RESTART_AFTER} after "
-                           f"{FIRST_RUN_WAIT_S // 60} min", err=True)  # fmt: skip
+                           f"{RUN_WAIT_S // 60} min", err=True)  # fmt: skip
                 return 1
             time.sleep(5)
         typer.echo(
@@ -276,13 +291,78 @@ def _run_and_resume(
         trainer.restart(timeout=120)
     finally:
         follower.terminate()
-    follower = _follow(root, env)
-    try:
-        result = trainer.wait()
-    finally:
-        time.sleep(2)
-        follower.terminate()
-    return int(result["StatusCode"])
+    return _run_to_end(root, env, client, project)
+
+
+def _train(
+    root: Path, env: dict[str, str], client: Any, project: str, data: Path, project_name: str
+) -> int:
+    """The two experiments on the same tasks: sync to the end, then colocate_async with a
+    restart after global_step_{RESTART_AFTER}."""
+    typer.echo(f"hvt smoke: experiment 1 of 2: training.mode sync ({SMOKE_CONFIG})")
+    code = _run_to_end(root, env, client, project)
+    if code != 0:
+        typer.echo(f"hvt smoke: the sync experiment failed (exit {code})", err=True)
+        return code
+    typer.echo(
+        f"hvt smoke: experiment 2 of 2: training.mode colocate_async ({ASYNC_CONFIG}), "
+        f"restarted after global_step_{RESTART_AFTER}"
+    )
+    env["HVT_SMOKE_CONFIG"] = f"/workspace/{ASYNC_CONFIG}"
+    up = subprocess.run(_compose(root, env, "up", "-d", "--no-deps", "trainer"), env=env)
+    if up.returncode != 0:
+        return up.returncode
+    return _run_and_resume(root, env, client, project, data, project_name)
+
+
+def _verify(
+    data: Path,
+    project_name: str,
+    steps: tuple[int, int],
+    fleet: list[str],
+    tags: dict[str, int] | None,
+) -> tuple[list[verify.Check], list[report.Run]]:
+    """The checks of both experiments (`steps`: how many each runs), the comparison of their
+    step times, the dashboard's."""
+    exps = verify.experiments(data, project_name)
+    if len(exps) != 2:
+        return [verify.Check("experiments", False, f"want 2 in the run ledger, got {exps}")], []
+    checks, rows, lines = verify.verify(
+        data, project_name, exps[0], label="sync", total_steps=steps[0], fleet=fleet
+    )
+    a_checks, a_rows, a_lines = verify.verify(
+        data,
+        project_name,
+        exps[1],
+        label="async",
+        total_steps=steps[1],
+        resumed_from=RESTART_AFTER,
+        fleet=fleet,
+    )
+    checks += a_checks + verify.verify_async(data, project_name, exps[1], a_rows, RESTART_AFTER)
+    sync_s, async_s = verify.step_seconds(lines), verify.step_seconds(a_lines)
+    checks.append(step_time_check(sync_s, async_s))
+    if tags is not None:
+        checks.append(verify.tensorboard_check(tags))
+    runs = [
+        report.Run("sync", exps[0], rows, lines),
+        report.Run("colocate_async", exps[1], a_rows, a_lines),
+    ]
+    return checks, runs
+
+
+def step_time_check(sync_s: list[float], async_s: list[float]) -> verify.Check:
+    """verl's step wall time (timing_s/step) of the two experiments side by side."""
+    if not sync_s or not async_s:
+        return verify.Check("step times", False, f"sync {sync_s}, colocate_async {async_s}")
+    mean_sync, mean_async = sum(sync_s) / len(sync_s), sum(async_s) / len(async_s)
+    return verify.Check(
+        "step times",
+        True,
+        f"sync {' '.join(f'{x:.0f}' for x in sync_s)} s (mean {mean_sync:.0f}), colocate_async "
+        f"{' '.join(f'{x:.0f}' for x in async_s)} s (mean {mean_async:.0f}): async/sync "
+        f"{mean_async / mean_sync:.2f}",
+    )
 
 
 @app.command("stack")
@@ -293,8 +373,9 @@ def stack(
     keep: Annotated[bool, typer.Option(help="leave the stack up after the run")] = False,
     project: Annotated[str, typer.Option(help="compose project name")] = "hvt-smoke",
 ) -> None:
-    """`make smoke`: the CPU stack runs verl's real trainer (GRPO) for two steps, is restarted,
-    resumes from global_step_2 and runs step 3; then the checks, and down."""
+    """`make smoke`: the CPU stack runs verl's real trainer (GRPO) on the same tasks twice:
+    two steps in training.mode sync, then three in colocate_async, restarted after
+    global_step_2 and resumed; then the checks (step times side by side), and down."""
     import docker
 
     from hvt.config.bundle import bundle_root
@@ -363,7 +444,7 @@ def stack(
         up = subprocess.run(_compose(root, env, "up", "-d", "--quiet-pull"), env=env, check=False)
         code = up.returncode
     if code == 0:
-        code = _run_and_resume(root, env, client, project, data, project_name)
+        code = _train(root, env, client, project, data, project_name)
         if code != 0:
             typer.echo("hvt smoke: the trainer failed; the proxy's last lines:", err=True)
             subprocess.run(
@@ -375,19 +456,23 @@ def stack(
         tags = _dashboard_tags(root, env, dashboard_port)
         shot = _screenshot(client, project, data)
         oracle = _oracle(root, env)
-        checks, rows, steps = verify.verify(
-            data,
-            project_name,
-            first_run_steps=RESTART_AFTER,
-            total_steps=cfg.inputs.training.total_epochs,
-            tensorboard=tags,
-            fleet=[h.docker_host for h in cfg.inputs.harbor_agent.docker_hosts or []],
+        fleet = [h.docker_host for h in cfg.inputs.harbor_agent.docker_hosts or []]
+        # 3 tasks, batch 2: one step per epoch
+        steps = (
+            cfg.inputs.training.total_epochs,
+            load(root / ASYNC_CONFIG).inputs.training.total_epochs,
         )
+        checks, runs = _verify(data, project_name, steps, fleet, tags)
         checks += [shot, oracle]
-        report.print_report(checks, rows, steps, time.monotonic() - started)
+        report.print_report(checks, runs, time.monotonic() - started)
         (data / "smoke-summary.json").write_text(
             json.dumps(
-                {"checks": [c.__dict__ for c in checks], "rollouts": rows, "steps": steps},
+                {
+                    "checks": [c.__dict__ for c in checks],
+                    "runs": {
+                        r.mode: {"exp": r.exp, "rollouts": r.rows, "steps": r.steps} for r in runs
+                    },
+                },
                 indent=2,
                 default=str,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +31,48 @@ def backend(trial_dir: str) -> str:
     return "local docker" if "docker" in str(kind).lower() else str(kind).rsplit(":", 1)[-1]
 
 
-def print_report(
-    checks: list[Check],
-    rows: list[dict[str, Any]],
-    steps: dict[int, dict[str, str]],
-    seconds: float,
-) -> None:
+@dataclass
+class Run:
+    """One experiment of the smoke: its training mode, name, rollouts and verl's step lines."""
+
+    mode: str
+    exp: str
+    rows: list[dict[str, Any]]
+    steps: dict[int, dict[str, str]]
+
+
+def print_report(checks: list[Check], runs: list[Run], seconds: float) -> None:
     trials = Table(title="Harbor trials (rollouts.jsonl)")
-    for col in ("step", "trial", "backend", "termination", "reward", "tokens", "seconds"):
+    for col in ("mode", "step", "trial", "backend", "termination", "reward", "tokens", "seconds"):
         trials.add_column(col)
-    for r in rows:
-        metrics = r.get("metrics") or {}
-        exact = ", exact" if metrics.get("tokens_exact") else ""
-        trials.add_row(
-            str(r.get("step")),
-            Path(str(r.get("trial_dir", "?"))).name,
-            backend(str(r.get("trial_dir", ""))),
-            str(r.get("termination")),
-            f"{float(r.get('reward') or 0):.2f}",
-            f"{r.get('prompt_tokens')}+{r.get('response_tokens')}"
-            f" ({r.get('trained_tokens')} trained{exact})",
-            f"{float(metrics.get('time/rollout', 0)):.0f}",
-        )
+    for run in runs:
+        for r in run.rows:
+            metrics = r.get("metrics") or {}
+            exact = ", exact" if metrics.get("tokens_exact") else ""
+            trials.add_row(
+                run.mode,
+                str(r.get("step")),
+                Path(str(r.get("trial_dir", "?"))).name,
+                backend(str(r.get("trial_dir", ""))),
+                str(r.get("termination")),
+                f"{float(r.get('reward') or 0):.2f}",
+                f"{r.get('prompt_tokens')}+{r.get('response_tokens')}"
+                f" ({r.get('trained_tokens')} trained{exact})",
+                f"{float(metrics.get('time/rollout', 0)):.0f}",
+            )
     console.print(trials)
-    logged = Table(title="what verl logged (step lines of the run log)")
+    logged = Table(title="what verl logged (step lines of the run logs)")
+    logged.add_column("mode")
     logged.add_column("step")
     for name in SHOWN_METRICS:
         logged.add_column(name)
-    for step in sorted(steps):
-        logged.add_row(str(step), *(steps[step].get(name, "-")[:10] for name in SHOWN_METRICS))
+    for run in runs:
+        for step in sorted(run.steps):
+            logged.add_row(
+                run.mode,
+                str(step),
+                *(run.steps[step].get(name, "-")[:10] for name in SHOWN_METRICS),
+            )
     console.print(logged)
     links = Table(title="the chain")
     for col in ("check", "", "detail"):

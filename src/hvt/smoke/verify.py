@@ -22,6 +22,7 @@ from typing import Any
 
 from hvt.config.run_paths import RunPaths
 from hvt.run import records as run_records
+from verl_patch import trained_groups as trained_groups_file
 
 STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
 # what the smoke requires TensorBoard to hold (verl 0.9.1's names)
@@ -90,68 +91,74 @@ def tensorboard_tags(base: str, run: str = "") -> dict[str, int]:
     return out
 
 
+def experiments(workdir: Path, project: str) -> list[str]:
+    """The experiments of the run ledger, in the order they were first launched."""
+    names: list[str] = []
+    for entry in run_records.ledger(RunPaths(workdir, project, "")):
+        if str(entry["exp_name"]) not in names:
+            names.append(str(entry["exp_name"]))
+    return names
+
+
 def verify(
     workdir: Path,
     project: str,
+    exp: str,
     *,
-    first_run_steps: int,
+    label: str,
     total_steps: int,
-    tensorboard: dict[str, int] | None,
+    resumed_from: int | None = None,
     fleet: list[str] | None = None,
 ) -> tuple[list[Check], list[dict[str, Any]], dict[int, dict[str, str]]]:
-    """The checks, the rollouts and verl's step lines of the smoke's experiment."""
+    """The checks of one experiment (`label` names them), its rollouts and verl's step lines.
+    `resumed_from`: the step the experiment was restarted after (two launches: the interrupted
+    one, then the resumed one), else one launch that ran to the end."""
     paths = RunPaths(workdir, project, "")
     checks: list[Check] = []
-    ledger = run_records.ledger(paths)
-    if not ledger:
-        return (
-            [Check("run ledger", False, f"no run recorded in {paths.artifacts}/index.yaml")],
-            [],
-            {},
-        )
-    exp = str(ledger[-1]["exp_name"])
-    entries = [e for e in ledger if e["exp_name"] == exp]
-    statuses = [f"{e['id']} {e['status']} (exit {e['exit_code']})" for e in entries]
-    checks.append(
-        Check(
-            "run ledger",
+    entries = [e for e in run_records.ledger(paths) if e["exp_name"] == exp]
+    statuses = ", ".join(f"{e['id']} {e['status']} (exit {e['exit_code']})" for e in entries)
+    if resumed_from:
+        ledger_ok = (
             len(entries) == 2
             and entries[-1]["exit_code"] == 0
-            and entries[0]["status"] in ("interrupted", "failed"),
-            f"{exp}: " + ", ".join(statuses) + " (the interrupted run, then the resumed one)",
+            and entries[0]["status"] in ("interrupted", "failed")
         )
-    )
+        said = " (the interrupted run, then the resumed one)"
+    else:
+        ledger_ok = len(entries) == 1 and entries[0]["exit_code"] == 0
+        said = " (one run, to the end)"
+    checks.append(Check(f"{label}: run ledger", ledger_ok, f"{exp}: {statuses or 'none'}{said}"))
     log = paths.logs / f"{exp}.log"
     steps = step_lines(log)
     want = list(range(1, total_steps + 1))
     checks.append(
         Check(
-            "verl steps",
+            f"{label}: verl steps",
             all(s in steps for s in want),
             f"step lines {sorted(steps)} in {log} (want {want})",
         )
     )
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    resumed = re.search(rf"[Rr]esum\w* from \S*global_step_{first_run_steps}\b", text)
-    checks.append(
-        Check(
-            "resume",
-            bool(resumed) and total_steps in steps,
-            (
-                resumed.group(0)
-                if resumed
-                else f"no 'Resuming from ...global_step_{first_run_steps}'"
+    if resumed_from:
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        resumed = re.search(rf"[Rr]esum\w* from \S*global_step_{resumed_from}\b", text)
+        checks.append(
+            Check(
+                f"{label}: resume",
+                bool(resumed) and total_steps in steps,
+                (
+                    resumed.group(0)
+                    if resumed
+                    else f"no 'Resuming from ...global_step_{resumed_from}'"
+                )
+                + f", then step:{total_steps}",
             )
-            + f", then step:{total_steps}",
         )
-    )
     ckpt = paths.checkpoints / project / exp
     found = sorted(p.name for p in ckpt.glob("global_step_*"))
-    want_ckpt = [f"global_step_{n}" for n in want]
     checks.append(
         Check(
-            "checkpoints",
-            all(name in found for name in want_ckpt),
+            f"{label}: checkpoints",
+            all(f"global_step_{n}" in found for n in want),
             f"{ckpt}: {', '.join(found) or 'none'}",
         )
     )
@@ -159,7 +166,7 @@ def verify(
     exact = [r for r in rows if (r.get("metrics") or {}).get("tokens_exact") == 1.0]
     checks.append(
         Check(
-            "rollouts",
+            f"{label}: rollouts",
             bool(rows) and bool(exact),
             f"{len(rows)} rollouts over steps {sorted({int(r.get('step') or 0) for r in rows})}, "
             f"{len(exact)} with exact tokens from the proxy's trajectories",
@@ -169,31 +176,149 @@ def verify(
         served = Counter(h for r in rows for h in (r.get("sandbox_hosts") or [])[-1:])
         checks.append(
             Check(
-                "sandbox fleet",
+                f"{label}: sandbox fleet",
                 all(served[h] for h in fleet),
                 ", ".join(f"{h}: {served[h]} trials" for h in fleet),
             )
         )
-    infra = [r for r in rows if r.get("infra_failure")]
+    # an aborted call never asked again is async's own outcome (left out of the loss, checked
+    # by aborted_calls), not an infrastructure failure
+    infra = [r for r in rows if r.get("infra_failure") and not _aborted(r)]
     checks.append(
         Check(
-            "no infrastructure failure",
+            f"{label}: no infrastructure failure",
             not infra,
             f"{len(infra)} rollouts left out of the loss"
             + "".join(f"; {r.get('trial_dir')}: {r['infra_failure']}" for r in infra[:3]),
         )
     )
-    if tensorboard is not None:
-        missing = [t for t in TB_TAGS if not tensorboard.get(t)]
-        checks.append(
-            Check(
-                "tensorboard",
-                not missing,
-                f"{len(tensorboard)} scalar series; "
-                + (f"missing {', '.join(missing)}" if missing else "has " + ", ".join(TB_TAGS)),
-            )
-        )
     return checks, rows, steps
+
+
+def tensorboard_check(tags: dict[str, int]) -> Check:
+    missing = [t for t in TB_TAGS if not tags.get(t)]
+    return Check(
+        "tensorboard",
+        not missing,
+        f"{len(tags)} scalar series; "
+        + (f"missing {', '.join(missing)}" if missing else "has " + ", ".join(TB_TAGS)),
+    )
+
+
+def _aborted(row: dict[str, Any]) -> bool:
+    return str(row.get("infra_failure") or "").startswith("aborted")
+
+
+def trained_groups(trials: Path) -> list[dict[str, Any]]:
+    """trained_groups.jsonl of an experiment (verl_patch.infra_sampler): one line per step."""
+    path = trials / trained_groups_file.FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class CarriedGroup:
+    task: str
+    submitted: int
+    trained: int
+    after_s: float  # how long after its own step sampled the group's last trial finished
+
+
+def carried_over(rows: list[dict[str, Any]], trained: list[dict[str, Any]]) -> list[CarriedGroup]:
+    """Groups still running when the step they were submitted in sampled its batch, trained by
+    a later step: what colocate_async does with a slow trial instead of waiting for it."""
+    sampled_at: dict[int, float] = {}
+    trained_at: dict[str, int] = {}
+    for line in trained:  # a resumed run may sample a step again: the last sample counts
+        sampled_at[int(line["global_step"])] = float(line["sampled_at"])
+        for group in line["groups"]:
+            trained_at[str(group["uid"])] = int(line["global_step"])
+    out: list[CarriedGroup] = []
+    for uid, step in trained_at.items():
+        trials = [r for r in rows if r.get("uid") == uid and r.get("finished_at")]
+        if not trials:
+            continue
+        submitted = int(trials[0].get("step") or 0)
+        finished = max(float(r["finished_at"]) for r in trials)
+        if step > submitted and submitted in sampled_at and finished > sampled_at[submitted]:
+            out.append(
+                CarriedGroup(
+                    str(trials[0].get("instance_id")),
+                    submitted,
+                    step,
+                    finished - sampled_at[submitted],
+                )
+            )
+    return sorted(out, key=lambda g: (g.trained, g.task))
+
+
+def verify_async(
+    workdir: Path, project: str, exp: str, rows: list[dict[str, Any]], resumed_from: int
+) -> list[Check]:
+    """What colocate_async adds: slow groups carried over, the queue kept across the restart,
+    aborted calls retried or left out of the loss."""
+    paths = RunPaths(workdir, project, "")
+    trained = trained_groups(paths.project_trials / exp)
+    carried = carried_over(rows, trained)
+    checks = [
+        Check(
+            "async: carry-over",
+            bool(carried),
+            "; ".join(
+                f"{g.task} submitted at step {g.submitted}, its trials finished {g.after_s:.0f} s "
+                f"after step {g.submitted} took its batch, trained at step {g.trained}"
+                for g in carried
+            )
+            or f"no group trained after the step it was submitted in ({len(trained)} steps in "
+            "trained_groups.jsonl)",
+        )
+    ]
+    log = paths.logs / f"{exp}.log"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    restored = re.search(r"Restored (\d+) training prompt groups", text)
+    reissued = re.search(r"Re-issued (\d+) in-flight prompts for step (\d+)", text)
+    checks.append(
+        Check(
+            "async: queue across the restart",
+            bool(restored),
+            (
+                f"the checkpoint of global_step_{resumed_from} restored {restored.group(1)} "
+                "prompt groups (finished ones kept); "
+                + (
+                    f"{reissued.group(1)} in-flight ones restarted at step {reissued.group(2)}"
+                    if reissued
+                    else "none was in flight"
+                )
+            )
+            if restored
+            else f"no 'Restored N training prompt groups' in {log}",
+        )
+    )
+    metric = [(r.get("metrics") or {}) for r in rows]
+    aborted = sum(int(m.get("model_calls_aborted", 0)) for m in metric)
+    unretried = [r for r in rows if (r.get("metrics") or {}).get("model_calls_aborted_unretried")]
+    torn = [r for r in unretried if not _aborted(r)]
+    checks.append(
+        Check(
+            "async: aborted calls",
+            not torn,
+            f"{aborted} model calls aborted by weight updates in "
+            f"{sum(1 for m in metric if m.get('model_calls_aborted'))} trials; "
+            f"{len(unretried)} trials with one never asked again, left out of the loss"
+            + (
+                f"; TRAINED ANYWAY: {', '.join(str(r.get('trial_dir')) for r in torn)}"
+                if torn
+                else ""
+            ),
+        )
+    )
+    return checks
+
+
+def step_seconds(steps: dict[int, dict[str, str]]) -> list[float]:
+    """verl's `timing_s/step` of each step, in step order."""
+    return [float(steps[s]["timing_s/step"]) for s in sorted(steps) if "timing_s/step" in steps[s]]
 
 
 def screenshot(path: Path, min_colours: int = 32) -> Check:

@@ -1,0 +1,3 @@
+#!/bin/bash
+set -euo pipefail
+printf 'print("ready")\n' > /app/check.py

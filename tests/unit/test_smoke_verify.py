@@ -1,0 +1,141 @@
+"""The smoke's async checks (hvt.smoke.verify), on run directories written as the trainer writes
+them: which groups carried over into a later step, the queue across the restart, aborted calls,
+the step times side by side; and the trained-groups record the replay buffer keeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hvt.smoke import cli, verify
+from verl_patch import trained_groups
+
+PROJECT, EXP = "hvt-smoke", "harbor-cc-colocate_async-1n-x"
+
+
+def _row(uid: str, task: str, step: int, finished: float, **extra: object) -> dict:
+    return {"uid": uid, "instance_id": task, "step": step, "finished_at": finished, **extra}
+
+
+def _trained(step: int, at: float, *groups: tuple[str, int]) -> dict:
+    return {
+        "global_step": step,
+        "sampled_at": at,
+        "groups": [{"uid": u, "submitted_step": s} for u, s in groups],
+    }
+
+
+def test_a_group_still_running_when_its_step_sampled_is_carried_over() -> None:
+    rows = [
+        _row("fast", "fix-greeting", 1, 100.0),
+        _row("fast", "fix-greeting", 1, 110.0),
+        _row("slow", "unhang-check", 1, 150.0),
+        _row("slow", "unhang-check", 1, 260.0),  # the group ends with its last trial
+        _row("left", "sum-numbers", 1, 115.0),  # done before step 1 sampled, merely left over
+    ]
+    trained = [
+        _trained(1, 120.0, ("fast", 1), ("x", 1)),
+        _trained(2, 300.0, ("slow", 1), ("left", 1)),
+    ]
+    carried = verify.carried_over(rows, trained)
+    assert [(g.task, g.submitted, g.trained, round(g.after_s)) for g in carried] == [
+        ("unhang-check", 1, 2, 140)
+    ]
+
+
+def test_sync_steps_carry_nothing_over() -> None:
+    rows = [_row("a", "fix-greeting", 1, 100.0), _row("b", "sum-numbers", 2, 200.0)]
+    trained = [_trained(1, 101.0, ("a", 1)), _trained(2, 201.0, ("b", 2))]
+    assert verify.carried_over(rows, trained) == []
+
+
+def _run_dir(tmp_path: Path, log: str, rows: list[dict], trained: list[dict]) -> Path:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / f"{EXP}.log").write_text(log)
+    trials = tmp_path / "harbor_trials" / PROJECT / EXP
+    (trials / "step_0001").mkdir(parents=True)
+    (trials / "step_0001" / "rollouts.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    (trials / "trained_groups.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trained))
+    return tmp_path
+
+
+def test_async_checks_read_the_queue_restore_and_the_aborted_calls(tmp_path: Path) -> None:
+    log = (
+        "INFO Restored 3 training prompt groups from TransferQueue\n"
+        "INFO Re-issued 2 in-flight prompts for step 3; cleared 1 old trajectories\n"
+    )
+    rows = [
+        _row("slow", "unhang-check", 1, 50.0, metrics={"model_calls_aborted": 1}),
+        _row(
+            "cut",
+            "sum-numbers",
+            1,
+            60.0,
+            infra_failure="aborted: 1 call aborted by a weight update and never asked again",
+            metrics={"model_calls_aborted": 1, "model_calls_aborted_unretried": 1},
+        ),
+    ]
+    run = _run_dir(tmp_path, log, rows, [_trained(1, 10.0), _trained(2, 70.0, ("slow", 1))])
+    checks = {c.name: c for c in verify.verify_async(run, PROJECT, EXP, rows, 2)}
+    assert checks["async: carry-over"].ok
+    assert "unhang-check submitted at step 1" in checks["async: carry-over"].detail
+    queue = checks["async: queue across the restart"]
+    assert (
+        queue.ok
+        and "restored 3" in queue.detail
+        and "2 in-flight ones restarted at step 3" in queue.detail
+    )
+    aborted = checks["async: aborted calls"]
+    assert aborted.ok and aborted.detail.startswith("2 model calls aborted")
+
+
+def test_an_unretried_abort_that_was_trained_fails_the_check(tmp_path: Path) -> None:
+    rows = [_row("torn", "sum-numbers", 1, 60.0, metrics={"model_calls_aborted_unretried": 1})]
+    run = _run_dir(tmp_path, "", rows, [])
+    checks = {c.name: c for c in verify.verify_async(run, PROJECT, EXP, rows, 2)}
+    assert not checks["async: aborted calls"].ok
+    assert "TRAINED ANYWAY" in checks["async: aborted calls"].detail
+    assert not checks["async: carry-over"].ok
+    assert not checks["async: queue across the restart"].ok
+
+
+def test_one_launch_to_the_end_passes_the_ledger_check(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path, "step:1 - timing_s/step:90.5\nstep:2 - timing_s/step:120.0\n", [], [])
+    (run / "artifacts").mkdir()
+    entry = {"id": "r1", "exp_name": EXP, "status": "succeeded", "exit_code": 0}
+    (run / "artifacts" / "index.yaml").write_text(yaml.safe_dump([entry]))
+    checks, _, steps = verify.verify(run, PROJECT, EXP, label="sync", total_steps=2)
+    by = {c.name: c for c in checks}
+    assert by["sync: run ledger"].ok and by["sync: verl steps"].ok
+    assert "sync: resume" not in by  # nothing was restarted
+    assert verify.step_seconds(steps) == [90.5, 120.0]
+    assert verify.experiments(run, PROJECT) == [EXP]
+
+
+def test_step_times_side_by_side() -> None:
+    check = cli.step_time_check([200.0, 100.0], [90.0, 60.0, 75.0])
+    assert check.ok
+    assert check.detail.endswith("async/sync 0.50")
+    assert not cli.step_time_check([100.0], []).ok
+
+
+def test_the_buffer_records_what_each_step_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HVT_TRIALS_DIR", str(tmp_path))
+    trained_groups.record_trained(4, ["u1", "u2"], {"u1": 3, "u2": 4})
+    trained_groups.record_trained(5, ["u3"], {"u3": 5})
+    lines = verify.trained_groups(tmp_path)
+    assert [line["global_step"] for line in lines] == [4, 5]
+    assert lines[0]["groups"] == [
+        {"uid": "u1", "submitted_step": 3},
+        {"uid": "u2", "submitted_step": 4},
+    ]
+    monkeypatch.setenv("HVT_TRIALS_DIR", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("")  # not a directory: said in the log, never raised
+    trained_groups.record_trained(6, ["u4"], {})
