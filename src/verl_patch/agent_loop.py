@@ -31,7 +31,7 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
-from verl_patch import coordination, harbor_trial
+from verl_patch import coordination, harbor_trial, proxy_ready
 from verl_patch.infra_failure import InfraFailure
 from verl_patch.rollout_sample import Sample, build_sample, version_range
 from verl_patch.rollout_settings import RolloutSettings
@@ -97,6 +97,7 @@ class HarborAgentLoop(AgentLoopBase):  # type: ignore[misc]
         split = str(extra.get("split") or "train")
         step = kwargs.get("global_steps")
         step = int(step) if step is not None else None
+        await proxy_ready.wait(self.settings.proxy_url)  # the first trials may beat its start-up
         result = await harbor_trial.run_rollout(
             self.settings,
             task_path,

@@ -139,3 +139,11 @@ def test_the_buffer_records_what_each_step_trains(
     monkeypatch.setenv("HVT_TRIALS_DIR", str(tmp_path / "file"))
     (tmp_path / "file").write_text("")  # not a directory: said in the log, never raised
     trained_groups.record_trained(6, ["u4"], {})
+
+
+def test_an_unknown_smoke_mode_is_refused_before_anything_starts() -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.app, ["stack", "--mode", "separate_async"])
+    assert result.exit_code == 2
+    assert "'separate_async' is not a smoke mode (use sync or colocate_async)" in result.output

@@ -63,7 +63,7 @@ class LaunchError(Exception):
 
 
 def auto_exp_name(cfg: RunConfig, now: datetime | None = None) -> str:
-    """harbor-cc-<training mode>-<nodes>n-<UTC time>, e.g. harbor-cc-colocate-async-1n-20261201-2107."""
+    """harbor-cc-<training mode>-<nodes>n-<UTC time>, e.g. harbor-cc-sync-1n-20261201-210700."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     mode = cfg.inputs.training.mode.replace("_", "-")
     return f"harbor-cc-{mode}-{cfg.inputs.infrastructure.nnodes}n-{stamp}"

@@ -294,60 +294,87 @@ def _run_and_resume(
     return _run_to_end(root, env, client, project)
 
 
+MODE_CONFIGS = {"sync": SMOKE_CONFIG, "colocate_async": ASYNC_CONFIG}
+
+
 def _train(
-    root: Path, env: dict[str, str], client: Any, project: str, data: Path, project_name: str
+    root: Path,
+    env: dict[str, str],
+    client: Any,
+    project: str,
+    data: Path,
+    project_name: str,
+    modes: list[str],
 ) -> int:
-    """The two experiments on the same tasks: sync to the end, then colocate_async with a
-    restart after global_step_{RESTART_AFTER}."""
-    typer.echo(f"hvt smoke: experiment 1 of 2: training.mode sync ({SMOKE_CONFIG})")
-    code = _run_to_end(root, env, client, project)
-    if code != 0:
-        typer.echo(f"hvt smoke: the sync experiment failed (exit {code})", err=True)
-        return code
-    typer.echo(
-        f"hvt smoke: experiment 2 of 2: training.mode colocate_async ({ASYNC_CONFIG}), "
-        f"restarted after global_step_{RESTART_AFTER}"
-    )
-    env["HVT_SMOKE_CONFIG"] = f"/workspace/{ASYNC_CONFIG}"
-    up = subprocess.run(_compose(root, env, "up", "-d", "--no-deps", "trainer"), env=env)
-    if up.returncode != 0:
-        return up.returncode
-    return _run_and_resume(root, env, client, project, data, project_name)
+    """One experiment per mode, in order, on the same tasks: each runs to its end, except the
+    last, which is restarted after global_step_{RESTART_AFTER} and resumed."""
+    for n, mode in enumerate(modes, 1):
+        last = n == len(modes)
+        config = MODE_CONFIGS[mode]
+        typer.echo(
+            f"hvt smoke: experiment {n} of {len(modes)}: training.mode {mode} ({config})"
+            + (f", restarted after global_step_{RESTART_AFTER}" if last else "")
+        )
+        env["HVT_SMOKE_CONFIG"] = f"/workspace/{config}"
+        if n == 1:
+            up = subprocess.run(_compose(root, env, "up", "-d", "--quiet-pull"), env=env)
+        else:  # the same stack; the trainer service again, on this experiment's config
+            up = subprocess.run(_compose(root, env, "up", "-d", "--no-deps", "trainer"), env=env)
+        if up.returncode != 0:
+            return up.returncode
+        if last:
+            return _run_and_resume(root, env, client, project, data, project_name)
+        code = _run_to_end(root, env, client, project)
+        if code != 0:
+            typer.echo(f"hvt smoke: the {mode} experiment failed (exit {code})", err=True)
+            return code
+    return 0
 
 
 def _verify(
     data: Path,
     project_name: str,
-    steps: tuple[int, int],
+    modes: list[str],
     fleet: list[str],
     tags: dict[str, int] | None,
 ) -> tuple[list[verify.Check], list[report.Run]]:
-    """The checks of both experiments (`steps`: how many each runs), the comparison of their
-    step times, the dashboard's."""
+    """The checks of each experiment, the comparison of their step times, the dashboard's."""
+    from hvt.config.bundle import bundle_root
+    from hvt.config.load import load
+
     exps = verify.experiments(data, project_name)
-    if len(exps) != 2:
-        return [verify.Check("experiments", False, f"want 2 in the run ledger, got {exps}")], []
-    checks, rows, lines = verify.verify(
-        data, project_name, exps[0], label="sync", total_steps=steps[0], fleet=fleet
-    )
-    a_checks, a_rows, a_lines = verify.verify(
-        data,
-        project_name,
-        exps[1],
-        label="async",
-        total_steps=steps[1],
-        resumed_from=RESTART_AFTER,
-        fleet=fleet,
-    )
-    checks += a_checks + verify.verify_async(data, project_name, exps[1], a_rows, RESTART_AFTER)
-    sync_s, async_s = verify.step_seconds(lines), verify.step_seconds(a_lines)
-    checks.append(step_time_check(sync_s, async_s))
+    if len(exps) != len(modes):
+        return [
+            verify.Check("experiments", False, f"want {len(modes)} in the run ledger, got {exps}")
+        ], []
+    checks: list[verify.Check] = []
+    runs: list[report.Run] = []
+    for n, (mode, exp) in enumerate(zip(modes, exps, strict=True), 1):
+        last = n == len(modes)
+        label = "async" if mode == "colocate_async" else mode
+        # 3 tasks, batch 2: one step per epoch
+        steps = load(bundle_root() / MODE_CONFIGS[mode]).inputs.training.total_epochs
+        found, rows, lines = verify.verify(
+            data,
+            project_name,
+            exp,
+            label=label,
+            total_steps=steps,
+            resumed_from=RESTART_AFTER if last else None,
+            fleet=fleet,
+        )
+        checks += found
+        if mode == "colocate_async":
+            checks += verify.verify_async(
+                data, project_name, exp, rows, RESTART_AFTER if last else None
+            )
+        runs.append(report.Run(mode, exp, rows, lines))
+    if len(runs) == 2:
+        checks.append(
+            step_time_check(verify.step_seconds(runs[0].steps), verify.step_seconds(runs[1].steps))
+        )
     if tags is not None:
         checks.append(verify.tensorboard_check(tags))
-    runs = [
-        report.Run("sync", exps[0], rows, lines),
-        report.Run("colocate_async", exps[1], a_rows, a_lines),
-    ]
     return checks, runs
 
 
@@ -372,11 +399,30 @@ def stack(
     ] = Path("data/smoke"),
     keep: Annotated[bool, typer.Option(help="leave the stack up after the run")] = False,
     project: Annotated[str, typer.Option(help="compose project name")] = "hvt-smoke",
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="training.mode of each experiment, in order (repeat it: --mode sync --mode "
+            "colocate_async compares the two on the same tasks); the last one is restarted and "
+            "resumed"
+        ),
+    ] = None,
 ) -> None:
-    """`make smoke`: the CPU stack runs verl's real trainer (GRPO) on the same tasks twice:
-    two steps in training.mode sync, then three in colocate_async, restarted after
-    global_step_2 and resumed; then the checks (step times side by side), and down."""
+    """`make smoke`: the CPU stack runs verl's real trainer (GRPO): by default three steps in
+    training.mode colocate_async, restarted after global_step_2 and resumed (`--mode sync
+    --mode colocate_async`: two sync steps first, on the same tasks, step times side by side);
+    then the checks, and down."""
     import docker
+
+    modes = mode or ["colocate_async"]
+    unknown = [m for m in modes if m not in MODE_CONFIGS]
+    if unknown:
+        typer.echo(
+            f"hvt smoke: --mode {unknown[0]!r} is not a smoke mode "
+            f"(use {' or '.join(MODE_CONFIGS)})",
+            err=True,
+        )
+        raise typer.Exit(2)
 
     from hvt.config.bundle import bundle_root
     from hvt.config.load import load
@@ -441,10 +487,7 @@ def stack(
         else 1
     )
     if code == 0:
-        up = subprocess.run(_compose(root, env, "up", "-d", "--quiet-pull"), env=env, check=False)
-        code = up.returncode
-    if code == 0:
-        code = _train(root, env, client, project, data, project_name)
+        code = _train(root, env, client, project, data, project_name, modes)
         if code != 0:
             typer.echo("hvt smoke: the trainer failed; the proxy's last lines:", err=True)
             subprocess.run(
@@ -457,12 +500,7 @@ def stack(
         shot = _screenshot(client, project, data)
         oracle = _oracle(root, env)
         fleet = [h.docker_host for h in cfg.inputs.harbor_agent.docker_hosts or []]
-        # 3 tasks, batch 2: one step per epoch
-        steps = (
-            cfg.inputs.training.total_epochs,
-            load(root / ASYNC_CONFIG).inputs.training.total_epochs,
-        )
-        checks, runs = _verify(data, project_name, steps, fleet, tags)
+        checks, runs = _verify(data, project_name, modes, fleet, tags)
         checks += [shot, oracle]
         report.print_report(checks, runs, time.monotonic() - started)
         (data / "smoke-summary.json").write_text(

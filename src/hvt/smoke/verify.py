@@ -254,7 +254,7 @@ def carried_over(rows: list[dict[str, Any]], trained: list[dict[str, Any]]) -> l
 
 
 def verify_async(
-    workdir: Path, project: str, exp: str, rows: list[dict[str, Any]], resumed_from: int
+    workdir: Path, project: str, exp: str, rows: list[dict[str, Any]], resumed_from: int | None
 ) -> list[Check]:
     """What colocate_async adds: slow groups carried over, the queue kept across the restart,
     aborted calls retried or left out of the loss."""
@@ -278,23 +278,24 @@ def verify_async(
     text = log.read_text(errors="replace") if log.is_file() else ""
     restored = re.search(r"Restored (\d+) training prompt groups", text)
     reissued = re.search(r"Re-issued (\d+) in-flight prompts for step (\d+)", text)
-    checks.append(
-        Check(
-            "async: queue across the restart",
-            bool(restored),
-            (
-                f"the checkpoint of global_step_{resumed_from} restored {restored.group(1)} "
-                "prompt groups (finished ones kept); "
-                + (
-                    f"{reissued.group(1)} in-flight ones restarted at step {reissued.group(2)}"
-                    if reissued
-                    else "none was in flight"
+    if resumed_from is not None:  # the experiment was restarted
+        checks.append(
+            Check(
+                "async: queue across the restart",
+                bool(restored),
+                (
+                    f"the checkpoint of global_step_{resumed_from} restored {restored.group(1)} "
+                    "prompt groups (finished ones kept); "
+                    + (
+                        f"{reissued.group(1)} in-flight ones restarted at step {reissued.group(2)}"
+                        if reissued
+                        else "none was in flight"
+                    )
                 )
+                if restored
+                else f"no 'Restored N training prompt groups' in {log}",
             )
-            if restored
-            else f"no 'Restored N training prompt groups' in {log}",
         )
-    )
     metric = [(r.get("metrics") or {}) for r in rows]
     aborted = sum(int(m.get("model_calls_aborted", 0)) for m in metric)
     unretried = [r for r in rows if (r.get("metrics") or {}).get("model_calls_aborted_unretried")]
