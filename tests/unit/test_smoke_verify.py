@@ -46,6 +46,17 @@ def test_a_group_still_running_when_its_step_sampled_is_carried_over() -> None:
     ]
 
 
+def test_a_group_restarted_after_a_resume_is_not_carried_over() -> None:
+    """verl re-issues an in-flight group under the resumed step with the same uid: the trials
+    of its first submission (step 2, cut short or finished late) are not a carry-over."""
+    rows = [
+        _row("again", "sum-numbers", 2, 250.0),  # the first submission's trial
+        _row("again", "sum-numbers", 3, 400.0),  # re-issued at step 3, trained at step 3
+    ]
+    trained = [_trained(2, 200.0, ("x", 2)), _trained(3, 410.0, ("again", 3))]
+    assert verify.carried_over(rows, trained) == []
+
+
 def test_sync_steps_carry_nothing_over() -> None:
     rows = [_row("a", "fix-greeting", 1, 100.0), _row("b", "sum-numbers", 2, 200.0)]
     trained = [_trained(1, 101.0, ("a", 1)), _trained(2, 201.0, ("b", 2))]
@@ -88,7 +99,7 @@ def test_async_checks_read_the_queue_restore_and_the_aborted_calls(tmp_path: Pat
     assert (
         queue.ok
         and "restored 3" in queue.detail
-        and "2 in-flight ones restarted at step 3" in queue.detail
+        and "1 finished (kept), 2 in flight (restarted at step 3)" in queue.detail
     )
     aborted = checks["async: aborted calls"]
     assert aborted.ok and aborted.detail.startswith("2 model calls aborted")

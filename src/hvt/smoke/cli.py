@@ -60,9 +60,9 @@ def pull_missing(client: Any, refs: list[str]) -> None:
             raise typer.Exit(2)
 
 
-SMOKE_CONFIG = "config/smoke.yaml"  # the first experiment: training.mode sync
-ASYNC_CONFIG = "config/smoke-async.yaml"  # the second: colocate_async, restarted and resumed
-RESTART_AFTER = 2  # steps of the async experiment's first launch; the resumed one runs the last
+SMOKE_CONFIG = "config/smoke.yaml"  # training.mode sync; the fleet and tasks of every experiment
+ASYNC_CONFIG = "config/smoke-async.yaml"  # the same, training.mode colocate_async
+RESTART_AFTER = 2  # steps of the last experiment's first launch; the resumed one runs the rest
 RUN_WAIT_S = 45 * 60
 
 
@@ -252,7 +252,9 @@ def _run_to_end(root: Path, env: dict[str, str], client: Any, project: str) -> i
     try:
         result = _service(client, project).wait(timeout=RUN_WAIT_S)
     except Exception as exc:  # requests' ReadTimeout, a vanished container
-        typer.echo(f"hvt smoke: the trainer did not finish in {RUN_WAIT_S // 60} min ({exc})")
+        typer.echo(
+            f"hvt smoke: the trainer did not finish in {RUN_WAIT_S // 60} min ({exc})", err=True
+        )
         return 1
     finally:
         time.sleep(2)

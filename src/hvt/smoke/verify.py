@@ -229,19 +229,26 @@ def carried_over(rows: list[dict[str, Any]], trained: list[dict[str, Any]]) -> l
     """Groups still running when the step they were submitted in sampled its batch, trained by
     a later step: what colocate_async does with a slow trial instead of waiting for it."""
     sampled_at: dict[int, float] = {}
-    trained_at: dict[str, int] = {}
+    trained_at: dict[str, tuple[int, int]] = {}  # uid -> (trained step, submitted step)
     for line in trained:  # a resumed run may sample a step again: the last sample counts
-        sampled_at[int(line["global_step"])] = float(line["sampled_at"])
+        step = int(line["global_step"])
+        sampled_at[step] = float(line["sampled_at"])
         for group in line["groups"]:
-            trained_at[str(group["uid"])] = int(line["global_step"])
+            submitted = group.get("submitted_step")
+            trained_at[str(group["uid"])] = (step, step if submitted is None else int(submitted))
     out: list[CarriedGroup] = []
-    for uid, step in trained_at.items():
-        trials = [r for r in rows if r.get("uid") == uid and r.get("finished_at")]
-        if not trials:
+    for uid, (step, submitted) in trained_at.items():
+        # the trials of this submission: a group restarted after a resume keeps its uid, and
+        # the trials of its first submission (cut short) are not what was trained
+        trials = [
+            r
+            for r in rows
+            if r.get("uid") == uid and r.get("finished_at") and int(r.get("step") or 0) == submitted
+        ]
+        if not trials or step <= submitted or submitted not in sampled_at:
             continue
-        submitted = int(trials[0].get("step") or 0)
         finished = max(float(r["finished_at"]) for r in trials)
-        if step > submitted and submitted in sampled_at and finished > sampled_at[submitted]:
+        if finished > sampled_at[submitted]:
             out.append(
                 CarriedGroup(
                     str(trials[0].get("instance_id")),
@@ -278,6 +285,7 @@ def verify_async(
     text = log.read_text(errors="replace") if log.is_file() else ""
     restored = re.search(r"Restored (\d+) training prompt groups", text)
     reissued = re.search(r"Re-issued (\d+) in-flight prompts for step (\d+)", text)
+    restarted = int(reissued.group(1)) if reissued else 0
     if resumed_from is not None:  # the experiment was restarted
         checks.append(
             Check(
@@ -285,11 +293,11 @@ def verify_async(
                 bool(restored),
                 (
                     f"the checkpoint of global_step_{resumed_from} restored {restored.group(1)} "
-                    "prompt groups (finished ones kept); "
+                    f"prompt groups: {int(restored.group(1)) - restarted} finished (kept), "
                     + (
-                        f"{reissued.group(1)} in-flight ones restarted at step {reissued.group(2)}"
+                        f"{reissued.group(1)} in flight (restarted at step {reissued.group(2)})"
                         if reissued
-                        else "none was in flight"
+                        else "none in flight"
                     )
                 )
                 if restored
