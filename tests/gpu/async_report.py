@@ -5,7 +5,8 @@ Per step: wall time (`timing_s/step`), trajectory staleness and spans (verl's
 `training/off_policy/*`, in weight versions), groups dropped as too stale
 (`*/off_policy/evicted_samples`), infrastructure failures left out (`rollout/infra_failed_*`).
 Over the rollouts: model calls the replicas aborted at weight updates, how many of them were
-not retried (those rollouts are kept out of the loss), and the weight versions per trial.
+not retried (those rollouts are kept out of the loss), the weight versions per trial, and the
+groups carried over into a later step (`trained_groups.jsonl`).
 
   python tests/gpu/async_report.py <run log> <trials dir of the experiment>
 """
@@ -60,6 +61,9 @@ class AsyncReport:
     rollouts_with_an_abort: int = 0
     rollouts_left_out: dict[str, int] = field(default_factory=dict)  # infra_failure kind -> n
     weight_versions_per_trial: dict[str, int] = field(default_factory=dict)  # n versions -> n
+    # groups still running when their own step took its batch, trained by a later step
+    # (trained_groups.jsonl + rollouts.jsonl, hvt.smoke.verify.carried_over): "task s->t"
+    carried_over: list[str] = field(default_factory=list)
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -96,7 +100,12 @@ def rollout_figures(rows: list[dict[str, Any]], report: AsyncReport) -> None:
 
 def build(log: Path, trials: Path) -> AsyncReport:
     report = AsyncReport(steps=step_figures(verify.step_lines(log)))
-    rollout_figures(verify.rollouts(trials), report)
+    rows = verify.rollouts(trials)
+    rollout_figures(rows, report)
+    report.carried_over = [
+        f"{g.task} {g.submitted}->{g.trained}"
+        for g in verify.carried_over(rows, verify.trained_groups(trials))
+    ]
     return report
 
 

@@ -24,7 +24,15 @@ def test_report_reads_steps_drops_staleness_and_aborts(tmp_path: Path) -> None:
     trials = tmp_path / "trials"
     rows = {
         "step_0001": [
-            {"metrics": {"model_calls": 5}, "weight_versions": [0], "infra_failure": None},
+            {
+                "metrics": {"model_calls": 5},
+                "weight_versions": [0],
+                "infra_failure": None,
+                "uid": "slow",
+                "instance_id": "unhang-check",
+                "step": 1,
+                "finished_at": 150.0,
+            },
             {
                 "metrics": {
                     "model_calls": 4,
@@ -50,6 +58,18 @@ def test_report_reads_steps_drops_staleness_and_aborts(tmp_path: Path) -> None:
         (trials / step).mkdir(parents=True)
         (trials / step / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
+    (trials / "trained_groups.jsonl").write_text(
+        json.dumps({"global_step": 1, "sampled_at": 100.0, "groups": []})
+        + "\n"
+        + json.dumps(
+            {
+                "global_step": 2,
+                "sampled_at": 160.0,
+                "groups": [{"uid": "slow", "submitted_step": 1}],
+            }
+        )
+        + "\n"
+    )
     report = async_report.build(log, trials)
     one, two = report.steps
     assert (one.step, one.step_s, one.staleness_max, one.dropped_samples) == (1, 41.5, 0.0, 0.0)
@@ -65,3 +85,4 @@ def test_report_reads_steps_drops_staleness_and_aborts(tmp_path: Path) -> None:
     assert report.rollouts_left_out == {"aborted": 1}
     assert report.weight_versions_per_trial == {"1": 2, "2": 1}
     assert json.loads(report.as_json())["steps"][1]["dropped_samples"] == 2.0
+    assert report.carried_over == ["unhang-check 1->2"]
