@@ -286,11 +286,12 @@ def test_a_streamed_answer_keeps_its_end_of_turn_token_and_trains_it(
     assert trained.count(END) == 2, chain.policy.token_strings(trained)
 
 
-RUNTIME_IMAGE = "verl-swe-rl/agent-runtime:latest"
 CLAUDE = "/opt/custom-agent-runtime/claude-code/bin/claude"
 
 
-def test_claude_code_itself_retries_an_aborted_call_and_finishes(chain: Chain) -> None:
+def test_claude_code_itself_retries_an_aborted_call_and_finishes(
+    chain: Chain, images: dict[str, str]
+) -> None:
     """The real claude-code (the agent-runtime image's, with the environment our adapter gives
     it) against the real proxy while the replica aborts its call mid-answer at a weight update:
     claude-code must retry the refused call by itself and finish with the new policy's answer,
@@ -298,9 +299,8 @@ def test_claude_code_itself_retries_an_aborted_call_and_finishes(chain: Chain) -
     import docker
 
     from harbor_patch.agents import proxy_env
-    from tests.helpers.prerequisites import require_images
 
-    require_images(RUNTIME_IMAGE)
+    runtime_image = images["agent-runtime"]  # built by `make image` (the session fixture)
     route = "step_0005/trial-claude-code"
     trial = chain.trials / route
     trial.mkdir(parents=True)
@@ -311,7 +311,7 @@ def test_claude_code_itself_retries_an_aborted_call_and_finishes(chain: Chain) -
     old, new = chain.policy.weight_version, chain.policy.weight_version + 1
     sampled = chain.policy.sampled
     container = client.containers.run(
-        RUNTIME_IMAGE,
+        runtime_image,
         ["-p", ASK, "--max-turns", "1", "--output-format", "json"],
         entrypoint=[CLAUDE],
         environment={**env, "HOME": "/tmp"},
