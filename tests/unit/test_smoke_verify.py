@@ -57,6 +57,34 @@ def test_a_group_restarted_after_a_resume_is_not_carried_over() -> None:
     assert verify.carried_over(rows, trained) == []
 
 
+def test_a_slow_group_cut_by_the_restart_outlived_its_steps(tmp_path: Path) -> None:
+    """Under load the restart can come before the slow group ends: it is restarted (same uid,
+    the resumed step) and trained then. It did not gate the steps it outlived: the check says
+    so instead of failing; a run where nothing outlived its step still fails."""
+    rows = [
+        _row("fast", "fix-greeting", 1, 100.0),
+        _row("slow", "unhang-check", 1, 150.0),  # one trial done before the restart
+        _row("new", "sum-numbers", 2, 190.0),
+        _row("slow", "unhang-check", 3, 500.0),  # re-issued after the restart
+    ]
+    trained = [
+        _trained(1, 120.0, ("fast", 1)),
+        _trained(2, 200.0, ("new", 2)),
+        _trained(3, 510.0, ("slow", 3)),
+    ]
+    assert verify.carried_over(rows, trained) == []
+    assert [(g.task, g.submitted, g.trained) for g in verify.outlived(rows)] == [
+        ("unhang-check", 1, 3)
+    ]
+    run = _run_dir(tmp_path, "", rows, trained)
+    check = next(c for c in verify.verify_async(run, PROJECT, EXP, rows, 2) if "carry" in c.name)
+    assert check.ok and "outlived the steps after it" in check.detail
+    lone = [_row("a", "fix-greeting", 1, 100.0), _row("b", "sum-numbers", 2, 200.0)]
+    lines = [_trained(1, 101.0, ("a", 1)), _trained(2, 201.0, ("b", 2))]
+    assert verify.outlived(lone) == []
+    assert verify.carried_over(lone, lines) == []
+
+
 def test_sync_steps_carry_nothing_over() -> None:
     rows = [_row("a", "fix-greeting", 1, 100.0), _row("b", "sum-numbers", 2, 200.0)]
     trained = [_trained(1, 101.0, ("a", 1)), _trained(2, 201.0, ("b", 2))]

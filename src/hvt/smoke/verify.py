@@ -260,6 +260,22 @@ def carried_over(rows: list[dict[str, Any]], trained: list[dict[str, Any]]) -> l
     return sorted(out, key=lambda g: (g.trained, g.task))
 
 
+def outlived(rows: list[dict[str, Any]]) -> list[CarriedGroup]:
+    """Groups still running when the restart came: their trials of the first submission are
+    in step s's directory, the restarted ones (verl re-issues the group with its uid under the
+    resumed step t) in step t's. The steps in between trained without waiting for them; under
+    a loaded CPU the restart can come before they end."""
+    steps: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        steps.setdefault(str(r.get("uid")), {}).setdefault(int(r.get("step") or 0), r)
+    out: list[CarriedGroup] = []
+    for by_step in steps.values():
+        if len(by_step) > 1:
+            first, later = min(by_step), max(by_step)
+            out.append(CarriedGroup(str(by_step[first].get("instance_id")), first, later, 0.0))
+    return sorted(out, key=lambda g: (g.submitted, g.task))
+
+
 def verify_async(
     workdir: Path, project: str, exp: str, rows: list[dict[str, Any]], resumed_from: int | None
 ) -> list[Check]:
@@ -268,16 +284,24 @@ def verify_async(
     paths = RunPaths(workdir, project, "")
     trained = trained_groups(paths.project_trials / exp)
     carried = carried_over(rows, trained)
+    cut_short = outlived(rows)
+    said = "; ".join(
+        f"{g.task} submitted at step {g.submitted}, its trials finished {g.after_s:.0f} s "
+        f"after step {g.submitted} took its batch, trained at step {g.trained}"
+        for g in carried
+    )
+    if not carried and cut_short:
+        said = "none trained before the restart; " + "; ".join(
+            f"{g.task} submitted at step {g.submitted} outlived the steps after it (still "
+            f"running at the restart), restarted at step {g.trained}"
+            for g in cut_short
+        )
     checks = [
         Check(
             "async: carry-over",
-            bool(carried),
-            "; ".join(
-                f"{g.task} submitted at step {g.submitted}, its trials finished {g.after_s:.0f} s "
-                f"after step {g.submitted} took its batch, trained at step {g.trained}"
-                for g in carried
-            )
-            or f"no group trained after the step it was submitted in ({len(trained)} steps in "
+            bool(carried or cut_short),
+            said
+            or f"no group outlived the step it was submitted in ({len(trained)} steps in "
             "trained_groups.jsonl)",
         )
     ]
