@@ -42,3 +42,11 @@ def record_trained(step: int, selected: list[str], submitted: dict[str, int]) ->
             handle.write(json.dumps(trained_line(step, selected, submitted)) + "\n")
     except OSError as exc:
         log.warning("step %d: cannot record the trained groups in %s: %s", step, where, exc)
+
+
+def read(trials_dir: Path) -> list[dict[str, Any]]:
+    """The experiment's trained_groups.jsonl, one dict per step's sample ([] when absent)."""
+    path = trials_dir / FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

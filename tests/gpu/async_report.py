@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hvt.smoke import verify
+from verl_patch import trained_groups
 
 STEP_KEYS = {
     "step_s": "timing_s/step",
@@ -104,7 +105,7 @@ def build(log: Path, trials: Path) -> AsyncReport:
     rollout_figures(rows, report)
     report.carried_over = [
         f"{g.task} {g.submitted}->{g.trained}"
-        for g in verify.carried_over(rows, verify.trained_groups(trials))
+        for g in verify.carried_over(rows, trained_groups.read(trials))
     ]
     return report
 

@@ -169,7 +169,7 @@ def test_the_buffer_records_what_each_step_trains(
     monkeypatch.setenv("HVT_TRIALS_DIR", str(tmp_path))
     trained_groups.record_trained(4, ["u1", "u2"], {"u1": 3, "u2": 4})
     trained_groups.record_trained(5, ["u3"], {"u3": 5})
-    lines = verify.trained_groups(tmp_path)
+    lines = trained_groups.read(tmp_path)
     assert [line["global_step"] for line in lines] == [4, 5]
     assert lines[0]["groups"] == [
         {"uid": "u1", "submitted_step": 3},

@@ -22,7 +22,7 @@ from typing import Any
 
 from hvt.config.run_paths import RunPaths
 from hvt.run import records as run_records
-from verl_patch import trained_groups as trained_groups_file
+from verl_patch import trained_groups
 
 STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
 # what the smoke requires TensorBoard to hold (verl 0.9.1's names)
@@ -209,14 +209,6 @@ def _aborted(row: dict[str, Any]) -> bool:
     return str(row.get("infra_failure") or "").startswith("aborted")
 
 
-def trained_groups(trials: Path) -> list[dict[str, Any]]:
-    """trained_groups.jsonl of an experiment (verl_patch.infra_sampler): one line per step."""
-    path = trials / trained_groups_file.FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @dataclass
 class CarriedGroup:
     task: str
@@ -282,7 +274,7 @@ def verify_async(
     """What colocate_async adds: slow groups carried over, the queue kept across the restart,
     aborted calls retried or left out of the loss."""
     paths = RunPaths(workdir, project, "")
-    trained = trained_groups(paths.project_trials / exp)
+    trained = trained_groups.read(paths.project_trials / exp)
     carried = carried_over(rows, trained)
     cut_short = outlived(rows)
     said = "; ".join(
