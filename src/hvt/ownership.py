@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
@@ -36,6 +37,18 @@ def our_processes(workdir: Path) -> Iterator[psutil.Process]:
     for proc in psutil.process_iter(["pid", "name"]):
         if proc.pid != me and is_ours(proc, workdir):
             yield proc
+
+
+def stop_ours(workdir: Path, timeout_s: float = 15.0) -> None:
+    """Terminate this bundle's processes on this host (SIGKILL what outlives the timeout)."""
+    procs = list(our_processes(workdir))
+    for p in procs:
+        with suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def listener(port: int) -> psutil.Process | None:

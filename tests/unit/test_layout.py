@@ -37,6 +37,7 @@ TOP = {
     "hvt.secret_env": "leaf",
     "hvt.sandbox_labels": "leaf",
     "hvt.deep_merge": "leaf",
+    "hvt.ray_nodes": "leaf",
 }
 
 LEAF = {"leaf"}
@@ -54,7 +55,7 @@ ALL_PARTS = {
 # part -> the parts it may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "root": set(),
-    "leaf": set(),  # ownership, docker_remote, secret_env, sandbox_labels, deep_merge: nothing
+    "leaf": set(),  # ownership, docker_remote, secret_env, sandbox_labels, deep_merge, ray_nodes
     "config": LEAF,  # nothing of ours but the leaves
     "repos": {"config"} | LEAF,
     "images": {"config"} | LEAF,

@@ -1,4 +1,4 @@
-"""`hvt launch|health|wandb-sync|clean|metrics|tasks`.
+"""`hvt launch|health|wandb-sync|clean|metrics|tasks|worker|nodes`.
 
 `launch` is defined here, not in hvt/run/launch.py: with --cpu-smoke it hands launch.run the
 smoke's preparation (hvt.smoke.inputs), and only the command line may import smoke.
@@ -13,7 +13,7 @@ import typer
 
 from hvt.config.bundle import default_config_path
 from hvt.config.model import RunConfig
-from hvt.run import clean, health, metrics, tasks_index, wandb_sync
+from hvt.run import clean, health, metrics, nodes_cli, tasks_index, wandb_sync, worker
 from hvt.run import launch as launch_run
 
 
@@ -24,6 +24,8 @@ def register(app: typer.Typer) -> None:
     app.command("wandb-sync")(wandb_sync.wandb_sync)
     app.command("clean")(clean.clean)
     app.command("metrics")(metrics.metrics)
+    app.command("worker")(worker.worker)
+    app.command("nodes")(nodes_cli.nodes)
 
 
 def launch(

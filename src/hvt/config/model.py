@@ -15,6 +15,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[int, Field(ge=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Multiplier = Annotated[float, Field(gt=0)]
+# a Ray node label value (hvt-node=<name>): letters, digits, '-', '_', '.', at most 63
+NODE_NAME = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 
 
 class Section(BaseModel):
@@ -48,6 +50,11 @@ class Infrastructure(Section):
     node0_ip: str = ""
     nnodes: PositiveInt = 1
     ngpus_per_node: PositiveInt = 8
+    # the trainer hosts' names, head first (Ansible writes them from the inventory's trainer
+    # group): the head waits for each by name, and a node that did not join is named. Empty:
+    # the head waits for nnodes nodes, whatever their names (each node's HVT_NODE_NAME or host)
+    node_names: list[Annotated[str, Field(pattern=NODE_NAME)]] = []
+    node_join_timeout: Seconds = 900  # how long the head waits for the other nodes to join
     ray_port: Port = 6379
     ray_dashboard_port: Port = 8265
     litellm_port: Port = 8002

@@ -16,6 +16,7 @@ def check(cfg: RunConfig, config_file: Path | None = None) -> list[Problem]:
     problems: list[Problem] = []
     problems += _batches(cfg)
     problems += _parallelism(cfg)
+    problems += _nodes(cfg)
     problems += _ports(cfg)
     problems += _backend(cfg)
     problems += _algorithm(cfg, config_file)
@@ -110,6 +111,32 @@ def _parallelism(cfg: RunConfig) -> list[Problem]:
                 f"{P}.training.sp_size",
                 f"sp_size={t.sp_size} does not divide the {gpus} training GPUs",
                 "use a divisor of nnodes x ngpus_per_node",
+            )
+        )
+    return out
+
+
+def _nodes(cfg: RunConfig) -> list[Problem]:
+    i = cfg.inputs.infrastructure
+    names = i.node_names
+    if not names:
+        return []
+    out: list[Problem] = []
+    if len(names) != i.nnodes:
+        out.append(
+            Problem(
+                f"{P}.infrastructure.node_names",
+                f"{len(names)} name(s) {names} for nnodes={i.nnodes}",
+                "list one name per trainer host, head first, or leave it empty ([])",
+            )
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        out.append(
+            Problem(
+                f"{P}.infrastructure.node_names",
+                f"{twice} named more than once",
+                "give every trainer host its own name (the inventory's host names)",
             )
         )
     return out

@@ -11,6 +11,7 @@ idle; `wait_for_replicas` returns only when every expected replica answers, and 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from hvt import ray_nodes
 
 ACTOR_NAME = re.compile(r"^vllm_server_(\d+)_0$")
 DEFAULT_TIMEOUT_S = 30 * 60.0
@@ -39,6 +42,12 @@ class Replica:
     port: int
     actor: str = ""
     namespace: str = ""
+    node: str = ""  # the trainer node it runs on (hvt.ray_nodes: hvt-node label), if known
+
+    @property
+    def where(self) -> str:
+        """`<index>=<api_base>`, and its node where known: what discovery's lines print."""
+        return f"{self.index}={self.api_base}" + (f" on {self.node}" if self.node else "")
 
     @property
     def api_base(self) -> str:
@@ -183,6 +192,9 @@ class RaySource:
                 waiting[index] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:200]
                 continue
             ready.append(Replica(index, host, port, actor.name, actor.namespace))
+        if ready:
+            nodes = ray_nodes.name_of_ip(ray_nodes.snapshot())
+            ready = [dataclasses.replace(r, node=nodes.get(r.host, "")) for r in ready]
         return sorted(ready), waiting
 
     def close(self) -> None:

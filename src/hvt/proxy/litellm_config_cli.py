@@ -81,7 +81,7 @@ class _Progress:
         if state == self._last and elapsed - self._last_t < self.every_s:
             return
         self._last, self._last_t = state, elapsed
-        names = ", ".join(f"{r.index}={r.host}:{r.port}" for r in ready) or "none"
+        names = ", ".join(r.where for r in ready) or "none"
         pending = [
             f"vllm_server_{i}_0 ({waiting.get(i, 'not registered')})"
             for i in range(self.expected)
@@ -160,7 +160,7 @@ def litellm_config_cmd(
 
 def _write(path: Path, replicas: Sequence[Replica], settings: litellm_config.ProxySettings) -> None:
     changed = litellm_config.write(path, replicas, settings)
-    listing = ", ".join(f"{r.index}={r.api_base}" for r in replicas)
+    listing = ", ".join(r.where for r in replicas)
     verb = "wrote" if changed else "unchanged"
     err.print(f"{verb} {path}: {len(replicas)} replica(s) [{listing}]", markup=False)
 

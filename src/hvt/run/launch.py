@@ -26,12 +26,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-import psutil
 from rich.console import Console
 from rich.markup import escape
 
@@ -45,11 +43,10 @@ from hvt.config.run_paths import RunPaths
 from hvt.preflight.check import Status, render_table
 from hvt.preflight.dryrun import preflight
 from hvt.proxy import litellm_config
-from hvt.run import clean, ray_auth, verl_command
+from hvt.run import clean, ray_auth, ray_start, verl_command
 from hvt.run import records as run_records
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-CPU_MODE_RAY_CPUS = 32
 RAY_START_ATTEMPTS = 3
 # vLLM's periodic stats and verl's rollout timing: what the throughput log keeps.
 THROUGHPUT = re.compile(
@@ -152,15 +149,9 @@ def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -
         f"--port={i.ray_port}",
         f"--dashboard-host={os.environ.get('HVT_RAY_DASHBOARD_HOST', '127.0.0.1')}",
         f"--dashboard-port={i.ray_dashboard_port}",
-        f"--temp-dir={paths.ray_temp}",
-        "--disable-usage-stats",
+        *ray_start.node_args(cfg, paths.ray_temp, cpu),
     ]
-    if cpu:
-        # logical GPUs (one per trainer rank) and CPUs: Ray counts CPUs as slots, and verl's
-        # task runner, TransferQueue, FSDP, agent-loop and reward workers each take one
-        cmd += [f"--num-gpus={i.ngpus_per_node}", f"--num-cpus={CPU_MODE_RAY_CPUS}"]
-        # Ray starts workers at nice 15; on a CPU host the workers are the training itself
-        env = {**env, "RAY_worker_niceness": "0"}
+    env = ray_start.node_env(env, cpu)
     console.print(
         f"[cyan]ray[/] starting head on :{i.ray_port} (dashboard 127.0.0.1:"
         f"{i.ray_dashboard_port}, temp {paths.ray_temp})"
@@ -173,24 +164,13 @@ def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -
         if out.returncode == 0 or "timed out during startup" not in out.stderr:
             break
         console.print(f"[yellow]ray[/] start timed out under load (attempt {attempt}); retrying")
-        stop_ours(paths)
+        ownership.stop_ours(paths.workdir)
     if out.returncode != 0:
         raise LaunchError(
             f"ray start failed: {out.stderr.strip()[-800:]} (check ports.ray in "
             "`hvt dryrun`; `hvt clean` stops a leftover head)"
         )
     console.print(f"[cyan]ray[/] up in {time.monotonic() - started:.1f} s")
-
-
-def stop_ours(paths: RunPaths) -> None:
-    procs = [p for p in ownership.our_processes(paths.workdir) if p.pid != os.getpid()]
-    for p in procs:
-        with suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        with suppress(psutil.NoSuchProcess):
-            p.kill()
 
 
 def trainer_command(
@@ -251,7 +231,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
     exp = resolve_exp_name(cfg, paths)
     lock.note(exp)
     started = datetime.now(UTC)
-    code = 1
+    code, reason = 1, ""
     try:
         for d in (paths.logs, paths.checkpoints, paths.project_trials / exp):
             d.mkdir(parents=True, exist_ok=True)
@@ -273,15 +253,15 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         console.print(config_summary.render(cfg), markup=False)
         console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
         _reap_orphans(cfg)  # what a run killed here before (SIGKILL, a lost container) left
-        code = _train(cfg, paths, exp, config_file, env, cpu)
+        code, reason = _train(cfg, paths, exp, config_file, env, cpu)
     except LaunchError as exc:
         console.print(f"[bold red]hvt launch: {exc}[/]")
     except KeyboardInterrupt:  # SIGINT before the trainer's signal forwarding was in place
         code = 130
     finally:
-        stop_ours(paths)
+        ownership.stop_ours(paths.workdir)
         _reap_orphans(cfg)  # the trials a stop cut short: their makers are gone now
-        rec = run_records.record(paths, config_file, exp, code, started)
+        rec = run_records.record(paths, config_file, exp, code, started, reason=reason)
         console.print(f"run record {rec.run_id}: {rec.status} (exit {code}) -> {rec.archive}")
     if code == 0 and not cfg.inputs.experiment.exp_name:
         (paths.state / "current_exp").unlink(missing_ok=True)  # the next launch is a new run
@@ -308,9 +288,12 @@ def _train(
     config_file: Path,
     env: dict[str, str],
     cpu: bool,
-) -> int:
-    """Ray head, discovery, then the trainer to its end: the trainer's exit code."""
+) -> tuple[int, str]:
+    """Ray head, the other nodes, discovery, then the trainer to its end: the trainer's exit
+    code, and why it failed where that is known (the trainer node the cluster lost)."""
     start_ray(cfg, paths, env, cpu)
+    if cfg.inputs.infrastructure.nnodes > 1:
+        wait_for_nodes(config_file, env)
     discovery = subprocess.Popen(
         [
             sys.executable,
@@ -350,5 +333,37 @@ def _train(
     reader.join(timeout=10)
     discovery.terminate()
     if stopped and code != 0:  # main_ppo exits 1 on the forwarded SIGINT: the run was stopped
-        return 128 + stopped[0]
-    return code
+        return 128 + stopped[0], ""
+    if code != 0 and cfg.inputs.infrastructure.nnodes > 1:
+        return code, lost_nodes(config_file, env)
+    return code, ""
+
+
+def _nodes_cmd(config_file: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "hvt.cli", "nodes", "--config", str(config_file), *flags]
+
+
+def wait_for_nodes(config_file: Path, env: dict[str, str]) -> None:
+    """Until every trainer node has joined this head (`hvt nodes --wait`: progress, a limit)."""
+    if subprocess.run(_nodes_cmd(config_file, "--wait"), env=env, check=False).returncode:
+        raise LaunchError(
+            "not every trainer node joined (above: the missing nodes and what to check); "
+            "nothing was trained"
+        )
+
+
+def lost_nodes(config_file: Path, env: dict[str, str]) -> str:
+    """After a failed multi-node run: the trainer nodes the cluster lost, named, or ""."""
+    out = subprocess.run(
+        _nodes_cmd(config_file, "--lost"), env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 3:
+        return ""
+    names = "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip())
+    reason = f"lost trainer node(s): {names}"
+    console.print(
+        f"[bold red]hvt launch: the run failed because it {reason}. Start the node's worker "
+        "service again (docker compose --profile worker up -d on that host); the next launch "
+        "resumes from the latest checkpoint once every node has joined[/]"
+    )
+    return reason

@@ -15,10 +15,16 @@ from pathlib import Path
 TOKEN_FILE = "ray_auth_token"
 
 
+def token_path(state_dir: Path) -> Path:
+    """The run's token: in the run directory, which every trainer host shares (multi-node)."""
+    return state_dir / TOKEN_FILE
+
+
 def settings(state_dir: Path) -> dict[str, str]:
-    """RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH for every Ray process of this run."""
+    """RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH for every Ray process of this run (the head makes
+    the token; `hvt worker` only reads it)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / TOKEN_FILE
+    path = token_path(state_dir)
     if not path.is_file() or not path.read_text().strip():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -95,7 +95,9 @@ def record(
     exit_code: int,
     started_at: datetime,
     ended_at: datetime | None = None,
+    reason: str = "",
 ) -> RunRecord:
+    """Append the run; `reason` says why a failed run failed (e.g. the trainer node it lost)."""
     ended = ended_at or datetime.now(UTC)
     archives = paths.artifacts / "archives"
     archives.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,8 @@ def record(
             "archive": str(folder),
             "repos": tree_sources(),
         }
+        if reason:
+            entry["reason"] = reason
         (folder / "run.yaml").write_text(yaml.safe_dump(entry, sort_keys=False))
         text = yaml.safe_dump([entry], sort_keys=False)
         fd = os.open(index, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

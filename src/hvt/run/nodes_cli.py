@@ -1,0 +1,97 @@
+"""`hvt nodes`: the run's Ray cluster by node; `--wait` until every trainer node has joined.
+
+The head runs `hvt nodes --wait` before main_ppo (multi-node), and `hvt nodes --lost` after a
+failed run to name the trainer node it lost. Users run plain `hvt nodes` in the trainer
+container to see who joined: name, role, address, GPUs, alive or why it died.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hvt import ray_nodes
+from hvt.config.bundle import default_config_path
+from hvt.config.load import load
+from hvt.config.problems import ConfigError
+from hvt.config.run_paths import RunPaths
+from hvt.run import ray_auth, worker
+
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+EXIT_LOST = 3
+
+
+def _connect(address: str, state: Path) -> None:
+    import ray
+
+    host, _, port = address.rpartition(":")
+    why = worker.port_answers(host.strip("[]"), int(port))
+    if why:
+        console.print(
+            f"[red]no Ray head answers at {address} ({why}): is the trainer's `hvt launch` "
+            "running? (RAY_ADDRESS sets another address)[/]"
+        )
+        raise typer.Exit(2)
+    token = ray_auth.token_path(state)
+    if token.is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token))
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+
+
+def table(nodes: list[ray_nodes.Node]) -> Table:
+    out = Table("node", "role", "address", "GPUs", "state")
+    for n in nodes:
+        state = "alive" if n.alive else f"dead: {n.death or 'no reason recorded'}"
+        out.add_row(n.name, "head" if n.head else "worker", n.ip, f"{n.gpus:g}", state)
+    return out
+
+
+def nodes(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="config file")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="wait until nnodes (and node_names) have joined")
+    ] = False,
+    lost: Annotated[
+        bool, typer.Option("--lost", help="name the nodes that died and did not come back")
+    ] = False,
+    timeout: Annotated[
+        int | None, typer.Option(help="--wait limit, s (default infrastructure.node_join_timeout)")
+    ] = None,
+) -> None:
+    """The trainer nodes of this run's Ray cluster (exit 3 with --lost when one is gone)."""
+    try:
+        cfg = load(config or default_config_path())
+    except ConfigError as exc:
+        for p in exc.problems:
+            console.print(f"[red]{p.render()}[/]")
+        raise typer.Exit(2) from None
+    i = cfg.inputs.infrastructure
+    paths = RunPaths.from_config(cfg)
+    _connect(os.environ.get("RAY_ADDRESS") or f"127.0.0.1:{i.ray_port}", paths.state)
+    if wait:
+        try:
+            ray_nodes.wait_for_nodes(
+                i.nnodes,
+                i.node_names,
+                i.node_join_timeout if timeout is None else timeout,
+                say=lambda line: console.print(f"[cyan]nodes[/] {line}"),
+            )
+        except ray_nodes.ClusterError as exc:
+            console.print(f"[bold red]nodes: {exc}[/]")
+            raise typer.Exit(2) from None
+        return
+    found = ray_nodes.snapshot()
+    if lost:
+        gone = ray_nodes.lost(found)
+        for n in gone:
+            console.print(f"{n.name} ({n.ip}): {n.death or 'no reason recorded'}", markup=False)
+        raise typer.Exit(EXIT_LOST if gone else 0)
+    console.print(table(found))

@@ -1,0 +1,212 @@
+"""Several trainer nodes: waiting for them, naming the missing and the lost nodes, and
+explaining a failed join."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hvt import ray_nodes
+from hvt.config.load import check
+from hvt.ray_nodes import Node
+from hvt.run import ray_start, worker
+from tests.conftest import filled_config
+
+
+def _row(
+    name: str | None, ip: str, alive: bool = True, head: bool = False, **extra: Any
+) -> dict[str, Any]:
+    resources: dict[str, float] = {"GPU": 1.0, f"node:{ip}": 1.0}
+    if head:
+        resources["node:__internal_head__"] = 1.0
+    labels = {"ray.io/node-id": "abc"} | ({ray_nodes.NODE_LABEL: name} if name else {})
+    return {
+        "NodeID": f"id-{ip}",
+        "Alive": alive,
+        "NodeManagerAddress": ip,
+        "NodeName": ip,
+        "Labels": labels,
+        "Resources": resources,
+        **extra,
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_nodes_are_named_by_their_label_and_the_head_comes_first() -> None:
+    nodes = ray_nodes.from_rows(
+        [
+            _row("trainer-1", "10.0.0.2"),
+            _row("trainer-0", "10.0.0.1", head=True),
+            _row(None, "10.0.0.9"),
+        ]
+    )
+    assert [(n.name, n.head) for n in nodes] == [
+        ("trainer-0", True),
+        ("10.0.0.9", False),
+        ("trainer-1", False),
+    ]
+    assert nodes[0].describe() == "trainer-0 (head, 10.0.0.1, 1 GPU)"
+
+
+def test_wait_returns_once_every_named_node_joined_and_says_who_is_missing_meanwhile() -> None:
+    clock, said = Clock(), []
+    views = iter(
+        [[_row("h", "10.0.0.1", head=True)]] * 3
+        + [[_row("h", "10.0.0.1", head=True), _row("w1", "10.0.0.2")]]
+    )
+    alive = ray_nodes.wait_for_nodes(
+        2,
+        ["h", "w1"],
+        60,
+        nodes=lambda: ray_nodes.from_rows(next(views)),
+        say=said.append,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert [n.name for n in alive] == ["h", "w1"]
+    assert said[0].startswith("1/2 nodes joined; waiting for w1")
+    assert said[-1].startswith("2/2 nodes joined after 6 s: h (head, 10.0.0.1, 1 GPU), w1 (worker")
+
+
+def test_past_the_limit_the_error_names_the_missing_node_and_what_to_check() -> None:
+    clock = Clock()
+    with pytest.raises(ray_nodes.ClusterError) as err:
+        ray_nodes.wait_for_nodes(
+            3,
+            ["h", "w1", "w2"],
+            10,
+            nodes=lambda: ray_nodes.from_rows(
+                [_row("h", "10.0.0.1", head=True), _row("w2", "10.0.0.3")]
+            ),
+            say=lambda _l: None,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    text = str(err.value)
+    assert "2 of 3 trainer nodes joined" in text and "missing: w1 (joined: h (head" in text
+    assert "node_join_timeout" in text and "worker" in text
+
+
+def test_without_names_a_count_is_enough_and_a_dead_node_does_not_count() -> None:
+    clock = Clock()
+    rows = [_row("h", "10.0.0.1", head=True), _row("w1", "10.0.0.2", alive=False)]
+    with pytest.raises(ray_nodes.ClusterError, match=r"missing: 1 more node"):
+        ray_nodes.wait_for_nodes(
+            2,
+            (),
+            4,
+            nodes=lambda: ray_nodes.from_rows(rows),
+            say=lambda _l: None,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+
+
+def test_a_lost_node_is_one_that_died_and_did_not_rejoin_under_its_name() -> None:
+    died = "health check failed due to missing too many heartbeats"
+    rows = [
+        _row("h", "10.0.0.1", head=True),
+        _row("w1", "10.0.0.2", alive=False, DeathReasonMessage=died),
+        _row("w2", "10.0.0.3", alive=False),
+        _row("w2", "10.0.0.4"),  # w2 came back: a new Ray node under the same name
+    ]
+    (gone,) = ray_nodes.lost(ray_nodes.from_rows(rows))
+    assert (gone.name, gone.ip, gone.death) == ("w1", "10.0.0.2", died)
+
+
+def test_replica_hosts_map_to_alive_node_names() -> None:
+    nodes = [Node("h", "10.0.0.1", True, 1, True), Node("w1", "10.0.0.2", False, 1, False)]
+    assert ray_nodes.name_of_ip(nodes) == {"10.0.0.1": "h"}
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (
+            "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token "
+            "is missing or incorrect.",
+            "refused this node's token (/run/tok)",
+        ),
+        (
+            "RuntimeError: Version mismatch: The cluster was started with:\n    Ray: 2.60.0\n"
+            "This process on node 10.0.0.2 was started with:\n    Ray: 2.59.0",
+            "Ray or Python differs from the head's at 10.0.0.1:6379: Version mismatch",
+        ),
+        (
+            "gcs_client.cc:210: Failed to get cluster ID from GCS server: TimedOut: Timed out "
+            "while waiting for GCS to become available.",
+            "no Ray head answers at 10.0.0.1:6379",
+        ),
+        (
+            "something else\nfailed badly",
+            "ray start --address=10.0.0.1:6379 failed: something else failed badly",
+        ),
+    ],
+)
+def test_a_failed_join_is_explained_with_its_fix(output: str, expected: str) -> None:
+    assert expected in ray_start.explain_join_failure(output, "10.0.0.1:6379", "/run/tok")
+
+
+def test_head_address_comes_from_node0_ip_or_the_override() -> None:
+    assert worker.head_address("10.0.0.1", 6379) == ("10.0.0.1", 6379)
+    assert worker.head_address("10.0.0.1", 6379, "head.lan:7000") == ("head.lan", 7000)
+    with pytest.raises(worker.JoinError, match=r"infrastructure\.node0_ip"):
+        worker.head_address("", 6379)
+    with pytest.raises(worker.JoinError, match="not host:port"):
+        worker.head_address("", 6379, "head.lan")
+
+
+def test_every_node_advertises_its_name_address_and_cpu_mode_gpus(
+    filled_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, problems = check(filled_config_file)
+    assert cfg is not None, problems
+    monkeypatch.setenv("HVT_NODE_NAME", "trainer-1")
+    monkeypatch.setenv("HVT_NODE_IP", "10.9.0.3")
+    args = ray_start.node_args(cfg, Path("/tmp/ray-x"), cpu=True)
+    assert "--labels=hvt-node=trainer-1" in args and "--node-ip-address=10.9.0.3" in args
+    assert f"--num-gpus={cfg.inputs.infrastructure.ngpus_per_node}" in args
+    monkeypatch.delenv("HVT_NODE_IP")
+    assert not any(
+        a.startswith(("--node-ip-address", "--num-gpus"))
+        for a in ray_start.node_args(cfg, Path("/t"), cpu=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("names", "nnodes", "message"),
+    [
+        (["a", "b", "c"], 2, "3 name(s) ['a', 'b', 'c'] for nnodes=2"),
+        (["a", "a"], 2, "['a'] named more than once"),
+        (["bad name"], 1, "node_names"),
+    ],
+)
+def test_node_names_must_match_nnodes_be_unique_and_be_label_values(
+    tmp_path: Path, names: list[str], nnodes: int, message: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    data = filled_config(
+        **{
+            "runtime_info.input.infrastructure.node_names": names,
+            "runtime_info.input.infrastructure.nnodes": nnodes,
+            "runtime_info.input.infrastructure.ngpus_per_node": 4,
+            "runtime_info.input.training.sp_size": 1,
+            "runtime_info.input.vllm.gen_tp": 1,
+        }
+    )
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _, problems = check(path)
+    assert any(message in p.render() for p in problems), [p.render() for p in problems]
