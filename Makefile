@@ -13,6 +13,8 @@ PROXY_VENV ?= .venv-proxy
 # make smoke: the training.mode of each experiment, in order (the last is restarted and resumed);
 # "sync colocate_async" runs both on the same tasks and puts their step times side by side
 SMOKE_MODES ?= colocate_async
+# SMOKE_NODES=2: the async experiment on two trainer nodes (containers); the second is lost and back
+SMOKE_NODES ?= 1
 # images (docs/images.md). BASE_IMAGE: the digest-pinned public base where a registry answers, else
 # the test bed's stand-in (`hvt images base`, src/hvt/images/base_images.py; asked once, when first used;
 # its reason goes to stderr). Empty = the Dockerfile's default (also without a venv).
@@ -158,5 +160,5 @@ ansible-collections: $(PY) ## install the collections pinned in ansible/requirem
 test-ansible: $(PY) ## the Ansible roles on systemd hosts in containers (Molecule + testinfra; part of make test)
 	$(VENV)/bin/pytest tests/ansible $(PYTEST_ARGS)
 
-smoke: repos image secrets ## the main job on a CPU machine: verl's real trainer, 3 async steps, a restart, a resume (SMOKE_MODES="sync colocate_async" compares)
-	$(HVT) smoke stack $(foreach m,$(SMOKE_MODES),--mode $(m))
+smoke: repos image secrets ## the main job on a CPU machine: verl's real trainer, 3 async steps, a restart, a resume (SMOKE_MODES="sync colocate_async" compares; SMOKE_NODES=2: two trainer nodes, one lost)
+	$(HVT) smoke stack $(foreach m,$(SMOKE_MODES),--mode $(m)) --nodes $(SMOKE_NODES)

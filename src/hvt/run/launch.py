@@ -55,6 +55,11 @@ THROUGHPUT = re.compile(
 )
 
 
+# after a failed multi-node run, how long to look for the node it lost: Ray marks a silent node
+# dead after its health checks fail (5 x (3 s + a 10 s timeout) by default)
+LOST_WITHIN_S = 90
+
+
 class LaunchError(Exception):
     """Refusal to launch; the message names the culprit and the fix."""
 
@@ -252,7 +257,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         )
         console.print(config_summary.render(cfg), markup=False)
         console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
-        _reap_orphans(cfg)  # what a run killed here before (SIGKILL, a lost container) left
+        reap_orphans(cfg)  # what a run killed here before (SIGKILL, a lost container) left
         code, reason = _train(cfg, paths, exp, config_file, env, cpu)
     except LaunchError as exc:
         console.print(f"[bold red]hvt launch: {exc}[/]")
@@ -260,7 +265,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         code = 130
     finally:
         ownership.stop_ours(paths.workdir)
-        _reap_orphans(cfg)  # the trials a stop cut short: their makers are gone now
+        reap_orphans(cfg)  # the trials a stop cut short: their makers are gone now
         rec = run_records.record(paths, config_file, exp, code, started, reason=reason)
         console.print(f"run record {rec.run_id}: {rec.status} (exit {code}) -> {rec.archive}")
     if code == 0 and not cfg.inputs.experiment.exp_name:
@@ -268,7 +273,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
     return code
 
 
-def _reap_orphans(cfg: RunConfig) -> None:
+def reap_orphans(cfg: RunConfig) -> None:
     """Remove this run's sandboxes whose trial process on this host is gone: a trainer stopped
     mid-step (SIGTERM, Ctrl-C) kills its trials before Harbor can take their sandboxes down."""
 
@@ -355,7 +360,11 @@ def wait_for_nodes(config_file: Path, env: dict[str, str]) -> None:
 def lost_nodes(config_file: Path, env: dict[str, str]) -> str:
     """After a failed multi-node run: the trainer nodes the cluster lost, named, or ""."""
     out = subprocess.run(
-        _nodes_cmd(config_file, "--lost"), env=env, capture_output=True, text=True, check=False
+        _nodes_cmd(config_file, "--lost", "--within", str(LOST_WITHIN_S)),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 3:
         return ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +66,13 @@ def nodes(
     timeout: Annotated[
         int | None, typer.Option(help="--wait limit, s (default infrastructure.node_join_timeout)")
     ] = None,
+    within: Annotated[
+        float,
+        typer.Option(
+            help="--lost: look again for this long until a node is found dead (Ray marks a "
+            "silent node dead after its health checks fail: about a minute)"
+        ),
+    ] = 0.0,
 ) -> None:
     """The trainer nodes of this run's Ray cluster (exit 3 with --lost when one is gone)."""
     try:
@@ -90,7 +98,11 @@ def nodes(
         return
     found = ray_nodes.snapshot()
     if lost:
+        deadline = time.monotonic() + within
         gone = ray_nodes.lost(found)
+        while not gone and time.monotonic() < deadline:
+            time.sleep(2.0)
+            gone = ray_nodes.lost(ray_nodes.snapshot())
         for n in gone:
             console.print(f"{n.name} ({n.ip}): {n.death or 'no reason recorded'}", markup=False)
         raise typer.Exit(EXIT_LOST if gone else 0)

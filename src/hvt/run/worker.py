@@ -31,7 +31,7 @@ from hvt.config.bundle import default_config_path
 from hvt.config.load import load
 from hvt.config.problems import ConfigError
 from hvt.config.run_paths import RunPaths
-from hvt.run import ray_auth, ray_start
+from hvt.run import launch, ray_auth, ray_start
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 PROGRESS_EVERY_S = 15.0
@@ -136,6 +136,7 @@ def run(config_file: Path, cpu: bool, head_override: str) -> int:
         return 2
     i = cfg.inputs.infrastructure
     paths = RunPaths.from_config(cfg)
+    launch.reap_orphans(cfg)  # the sandboxes of this node's trials that a lost run left
     try:
         host, port = head_address(i.node0_ip, i.ray_port, head_override)
         head = f"{host}:{port}"

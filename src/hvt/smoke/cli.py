@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from hvt.images import base_images
-from hvt.smoke import report, tls_certs, verify
+from hvt.smoke import report, tls_certs, verify, verify_nodes
 
 app = typer.Typer(help="The CPU smoke run (make smoke).", no_args_is_help=True)
 
@@ -62,6 +62,9 @@ def pull_missing(client: Any, refs: list[str]) -> None:
 
 SMOKE_CONFIG = "config/smoke.yaml"  # training.mode sync; the fleet and tasks of every experiment
 ASYNC_CONFIG = "config/smoke-async.yaml"  # the same, training.mode colocate_async
+TWO_NODE_CONFIG = "config/smoke-2node.yaml"  # colocate_async on two trainer nodes (--nodes 2)
+WORKER = "worker"  # compose.cpu.yaml: the second trainer node (profile worker)
+LOSS_WAIT_S = 15 * 60  # how long a run may take to notice its lost node and exit
 RESTART_AFTER = 2  # steps of the last experiment's first launch; the resumed one runs the rest
 RUN_WAIT_S = 45 * 60
 
@@ -263,11 +266,20 @@ def _run_to_end(root: Path, env: dict[str, str], client: Any, project: str) -> i
 
 
 def _run_and_resume(
-    root: Path, env: dict[str, str], client: Any, project: str, data: Path, project_name: str
-) -> int:
-    """Follow the trainer; after global_step_{RESTART_AFTER}, restart it; its last exit code."""
+    root: Path,
+    env: dict[str, str],
+    client: Any,
+    project: str,
+    data: Path,
+    project_name: str,
+    lose: str = "",
+) -> tuple[int, float | None]:
+    """Follow the trainer; after global_step_{RESTART_AFTER}, restart it, or (`lose`: a node's
+    service) stop that node as a host that died, wait for the run to fail, and start both again.
+    The last exit code, and how long the run took to notice the lost node."""
     follower = _follow(root, env)
     started = time.monotonic()
+    noticed: float | None = None
     try:
         while True:
             trainer = _service(client, project)
@@ -278,22 +290,45 @@ def _run_and_resume(
                     f"(exit {trainer.attrs['State']['ExitCode']})",
                     err=True,
                 )
-                return int(trainer.attrs["State"]["ExitCode"]) or 1
+                return int(trainer.attrs["State"]["ExitCode"]) or 1, None
             if _checkpointed(data, project_name) >= RESTART_AFTER:
                 break
             if time.monotonic() - started > RUN_WAIT_S:
                 typer.echo(f"hvt smoke: no global_step_{RESTART_AFTER} after "
                            f"{RUN_WAIT_S // 60} min", err=True)  # fmt: skip
-                return 1
+                return 1, None
             time.sleep(5)
-        typer.echo(
-            f"hvt smoke: global_step_{RESTART_AFTER} written after "
-            f"{time.monotonic() - started:.0f} s; restarting the trainer (it must resume)"
-        )
-        trainer.restart(timeout=120)
+        done = time.monotonic() - started
+        if not lose:
+            typer.echo(
+                f"hvt smoke: global_step_{RESTART_AFTER} written after {done:.0f} s; "
+                "restarting the trainer (it must resume)"
+            )
+            trainer.restart(timeout=120)
+        else:
+            node = _service(client, project, lose)
+            typer.echo(
+                f"hvt smoke: global_step_{RESTART_AFTER} written after {done:.0f} s; stopping "
+                f"the {lose} node as a host that died (SIGKILL); the run must fail naming it"
+            )
+            node.kill()
+            lost_at = time.monotonic()
+            try:
+                code = int(trainer.wait(timeout=LOSS_WAIT_S)["StatusCode"])
+            except Exception as exc:  # requests' ReadTimeout: the run never noticed
+                typer.echo(f"hvt smoke: the run did not stop in {LOSS_WAIT_S // 60} min after "
+                           f"losing {lose} ({exc})", err=True)  # fmt: skip
+                return 1, None
+            noticed = time.monotonic() - lost_at
+            typer.echo(
+                f"hvt smoke: the trainer exited {code} {noticed:.0f} s after the node stopped; "
+                f"starting {lose} again, then the trainer (it must wait for it and resume)"
+            )
+            node.start()
+            trainer.start()
     finally:
         follower.terminate()
-    return _run_to_end(root, env, client, project)
+    return _run_to_end(root, env, client, project), noticed
 
 
 MODE_CONFIGS = {"sync": SMOKE_CONFIG, "colocate_async": ASYNC_CONFIG}
@@ -307,12 +342,14 @@ def _train(
     data: Path,
     project_name: str,
     modes: list[str],
-) -> int:
+    nodes: int = 1,
+) -> tuple[int, float | None]:
     """One experiment per mode, in order, on the same tasks: each runs to its end, except the
-    last, which is restarted after global_step_{RESTART_AFTER} and resumed."""
+    last, which is restarted after global_step_{RESTART_AFTER} and resumed (two nodes: its
+    worker node is lost instead). The exit code, and how long the lost node took to notice."""
     for n, mode in enumerate(modes, 1):
         last = n == len(modes)
-        config = MODE_CONFIGS[mode]
+        config = config_for(mode, nodes)
         typer.echo(
             f"hvt smoke: experiment {n} of {len(modes)}: training.mode {mode} ({config})"
             + (f", restarted after global_step_{RESTART_AFTER}" if last else "")
@@ -323,14 +360,20 @@ def _train(
         else:  # the same stack; the trainer service again, on this experiment's config
             up = subprocess.run(_compose(root, env, "up", "-d", "--no-deps", "trainer"), env=env)
         if up.returncode != 0:
-            return up.returncode
+            return up.returncode, None
         if last:
-            return _run_and_resume(root, env, client, project, data, project_name)
+            lose = WORKER if nodes > 1 else ""
+            return _run_and_resume(root, env, client, project, data, project_name, lose)
         code = _run_to_end(root, env, client, project)
         if code != 0:
             typer.echo(f"hvt smoke: the {mode} experiment failed (exit {code})", err=True)
-            return code
-    return 0
+            return code, None
+    return 0, None
+
+
+def config_for(mode: str, nodes: int) -> str:
+    """The config of one experiment: its mode's, or the two-node one (colocate_async only)."""
+    return TWO_NODE_CONFIG if nodes > 1 else MODE_CONFIGS[mode]
 
 
 def _verify(
@@ -339,6 +382,7 @@ def _verify(
     modes: list[str],
     fleet: list[str],
     tags: dict[str, int] | None,
+    nodes: int = 1,
 ) -> tuple[list[verify.Check], list[report.Run]]:
     """The checks of each experiment, the comparison of their step times, the dashboard's."""
     from hvt.config.bundle import bundle_root
@@ -355,7 +399,7 @@ def _verify(
         last = n == len(modes)
         label = "async" if mode == "colocate_async" else mode
         # 3 tasks, batch 2: one step per epoch
-        steps = load(bundle_root() / MODE_CONFIGS[mode]).inputs.training.total_epochs
+        steps = load(bundle_root() / config_for(mode, nodes)).inputs.training.total_epochs
         found, rows, lines = verify.verify(
             data,
             project_name,
@@ -409,6 +453,16 @@ def stack(
             "resumed"
         ),
     ] = None,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=2,
+            help="trainer nodes: 2 runs colocate_async on two (config/smoke-2node.yaml), the "
+            "second node a container of its own that joins the head; it is stopped after "
+            "global_step_2 as a lost host, and the run must fail naming it, then resume",
+        ),
+    ] = 1,
 ) -> None:
     """`make smoke`: the CPU stack runs verl's real trainer (GRPO): by default three steps in
     training.mode colocate_async, restarted after global_step_2 and resumed (`--mode sync
@@ -422,6 +476,13 @@ def stack(
         typer.echo(
             f"hvt smoke: --mode {unknown[0]!r} is not a smoke mode "
             f"(use {' or '.join(MODE_CONFIGS)})",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if nodes > 1 and modes != ["colocate_async"]:
+        typer.echo(
+            f"hvt smoke: --nodes {nodes} runs one colocate_async experiment ({TWO_NODE_CONFIG}); "
+            "drop --mode, or run the modes on one node",
             err=True,
         )
         raise typer.Exit(2)
@@ -476,6 +537,8 @@ def stack(
         "HVT_SMOKE_TLS_DIR": str(tls),
         "HVT_SANDBOX_DOCKERD_IMAGE": images.dockerd,  # the TLS sandbox daemons (compose.cpu.yaml)
     }
+    if nodes > 1:
+        env["COMPOSE_PROFILES"] = WORKER  # the second trainer node (compose.cpu.yaml)
     cfg = load(root / SMOKE_CONFIG)
     project_name = cfg.inputs.experiment.project_name
     dashboard_port = int(env.get("DASHBOARD_PORT", "6006"))
@@ -488,8 +551,9 @@ def stack(
         )
         else 1
     )
+    noticed: float | None = None
     if code == 0:
-        code = _train(root, env, client, project, data, project_name, modes)
+        code, noticed = _train(root, env, client, project, data, project_name, modes, nodes)
         if code != 0:
             typer.echo("hvt smoke: the trainer failed; the proxy's last lines:", err=True)
             subprocess.run(
@@ -502,7 +566,13 @@ def stack(
         shot = _screenshot(client, project, data)
         oracle = _oracle(root, env)
         fleet = [h.docker_host for h in cfg.inputs.harbor_agent.docker_hosts or []]
-        checks, runs = _verify(data, project_name, modes, fleet, tags)
+        checks, runs = _verify(data, project_name, modes, fleet, tags, nodes)
+        if nodes > 1 and runs:
+            head_log = _service(client, project).logs().decode(errors="replace")
+            names = load(root / TWO_NODE_CONFIG).inputs.infrastructure.node_names
+            checks += verify_nodes.verify_nodes(
+                data, project_name, runs[-1].exp, head_log, names, names[-1], noticed
+            )
         checks += [shot, oracle]
         report.print_report(checks, runs, time.monotonic() - started)
         (data / "smoke-summary.json").write_text(
