@@ -34,6 +34,7 @@ class Node:
     gpus: float
     head: bool
     death: str = ""  # Ray's reason for a dead node (DeathReasonMessage)
+    node_id: str = ""  # Ray's NodeID
 
     def describe(self) -> str:
         role = "head" if self.head else "worker"
@@ -60,6 +61,7 @@ def from_rows(rows: Sequence[Mapping[str, Any]]) -> list[Node]:
                 gpus=float(resources.get("GPU", 0.0)),
                 head="node:__internal_head__" in resources,
                 death=str(row.get("DeathReasonMessage") or ""),
+                node_id=str(row.get("NodeID") or ""),
             )
         )
     return sorted(out, key=lambda n: (not n.head, n.name))

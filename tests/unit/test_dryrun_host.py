@@ -235,3 +235,33 @@ def test_human_table_output(
     assert result.output.rstrip().splitlines()[-1] == verdict, result.output
     heads = next(line for line in result.output.splitlines() if "model.kv_heads" in line)
     assert heads.split("│")[2].strip() == ("ok" if exit_code == 0 else "fail"), heads
+
+
+MOUNTS = """overlay / overlay rw 0 0
+/dev/vda1 /data ext4 rw 0 0
+head:/export/runs /data/runs nfs4 rw,vers=4.2 0 0
+"""
+
+
+def test_the_run_directory_filesystem_is_the_longest_mount_that_holds_it() -> None:
+    from hvt.preflight.host import filesystem_of
+
+    assert filesystem_of(Path("/data/runs/exp"), MOUNTS) == ("/data/runs", "nfs4")
+    assert filesystem_of(Path("/data/other"), MOUNTS) == ("/data", "ext4")
+    assert filesystem_of(Path("/data/runsx"), MOUNTS) == ("/data", "ext4")
+    assert filesystem_of(Path("/srv"), MOUNTS) == ("/", "overlay")
+
+
+def test_several_nodes_warn_about_a_local_run_directory(tmp_path: Path, workdir: Path) -> None:
+    one = _checks(tmp_path)
+    assert not any(name.startswith("nodes.") for name in one), "one node: no node rows"
+    two = _checks(
+        tmp_path,
+        **{
+            "runtime_info.input.infrastructure.nnodes": 2,
+            "runtime_info.input.infrastructure.ngpus_per_node": 4,
+        },
+    )
+    row = two["nodes.shared_dir"]
+    assert row["status"] == "warn" and "a local filesystem, with nnodes=2" in row["detail"], row
+    assert "same directory at the same path" in row["remedy"]

@@ -3,6 +3,7 @@ explaining a failed join."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import yaml
 from hvt import ray_nodes
 from hvt.config.load import check
 from hvt.ray_nodes import Node
-from hvt.run import ray_start, worker
+from hvt.run import node_checks, ray_start, worker
+from hvt.run.node_checks import Seen
 from tests.conftest import filled_config
 
 
@@ -210,3 +212,43 @@ def test_node_names_must_match_nnodes_be_unique_and_be_label_values(
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     _, problems = check(path)
     assert any(message in p.render() for p in problems), [p.render() for p in problems]
+
+
+def _seen_by(state: Path, skew: float = 0.0, unreadable: str = "") -> Callable[[str, str], Seen]:
+    def run(node_id: str, marker: str) -> Seen:
+        assert Path(marker).parent == state and node_id.startswith("id-")
+        if node_id == unreadable:
+            return Seen("", "FileNotFoundError: no such file", 100.0, 100.0, 100.2)
+        return Seen(Path(marker).read_text(), "", 100.1 + skew, 100.0, 100.2)
+
+    return run
+
+
+def test_node_checks_pass_on_a_shared_directory_with_clocks_in_step(tmp_path: Path) -> None:
+    nodes = ray_nodes.from_rows([_row("h", "10.0.0.1", head=True), _row("w1", "10.0.0.2")])
+    results = node_checks.check(nodes, 1, tmp_path, _seen_by(tmp_path))
+    assert all(r.ok and not r.warn for r in results), results
+    assert [r.name for r in results] == [
+        "h: GPUs", "h: shared run directory", "h: clock",
+        "w1: GPUs", "w1: shared run directory", "w1: clock",
+    ]  # fmt: skip
+    assert not list(tmp_path.glob("node-check-*")), "the marker is removed afterwards"
+
+
+def test_node_checks_name_the_node_without_the_directory_gpus_or_time(tmp_path: Path) -> None:
+    nodes = ray_nodes.from_rows([_row("h", "10.0.0.1", head=True), _row("w1", "10.0.0.2")])
+    failed = {
+        r.name: r.detail
+        for r in node_checks.check(nodes, 2, tmp_path, _seen_by(tmp_path, 7.0, "id-10.0.0.2"))
+        if not r.ok
+    }
+    assert "1 GPU(s) in Ray, infrastructure.ngpus_per_node is 2" in failed["w1: GPUs"]
+    assert "cannot read the head's marker" in failed["w1: shared run directory"]
+    assert "same shared filesystem at the same path" in failed["w1: shared run directory"]
+    assert failed["h: clock"].startswith("+7.00 s against the head") and "NTP" in failed["h: clock"]
+
+
+def test_a_small_skew_warns_and_passes(tmp_path: Path) -> None:
+    nodes = ray_nodes.from_rows([_row("h", "10.0.0.1", head=True)])
+    (_gpus, _shared, clock) = node_checks.check(nodes, 1, tmp_path, _seen_by(tmp_path, -2.0))
+    assert clock.ok and clock.warn and clock.detail.startswith("-2.00 s")

@@ -38,6 +38,7 @@ GROUPS: tuple[CheckGroup, ...] = (
     checks_host.check_wandb,
     checks_host.check_gpus,
     checks_host.check_disk,
+    checks_host.check_nodes,
     checks_host.check_residue,
 )
 

@@ -177,6 +177,64 @@ def check_disk(ctx: Context) -> Iterator[Check]:
         yield ok("disk.checkpoints", f"{free_gib:.0f} GiB free at {target}")
 
 
+# filesystems another host can mount: the run directory of several trainer nodes is one of these
+SHARED_FS = set(
+    [
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "fuse.glusterfs",
+        "fuse.cephfs",
+        "fuse.juicefs",
+        "fuse.sshfs",
+        "9p",
+        "virtiofs",
+    ]
+)
+
+
+def filesystem_of(path: Path, mounts: str | None = None) -> tuple[str, str]:
+    """(mount point, filesystem type) that holds `path`, from /proc/mounts."""
+    text = mounts if mounts is not None else Path("/proc/mounts").read_text()
+    best = ("/", "unknown")
+    target = str(path.resolve())
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    return best
+
+
+def check_nodes(ctx: Context) -> Iterator[Check]:
+    """Several trainer nodes: the run directory must be one filesystem they all mount. Whether
+    they really read it, their GPUs and clocks are checked on the nodes once they join (`hvt
+    launch` before training, `hvt nodes --check` any time: hvt.run.node_checks)."""
+    i = ctx.cfg.inputs.infrastructure
+    if i.nnodes == 1:
+        return
+    point, fstype = filesystem_of(_nearest_existing(ctx.paths.workdir))
+    where = f"{ctx.paths.workdir} is on {fstype} ({point})"
+    if fstype in SHARED_FS:
+        yield ok("nodes.shared_dir", f"{where}: a shared filesystem")
+    else:
+        yield warn(
+            "nodes.shared_dir",
+            f"{where}, a local filesystem, with nnodes={i.nnodes}",
+            "the other trainer hosts must mount the same directory at the same path (NFS: make "
+            "provision's shared_dir role); launch checks every node reads it",
+        )
+
+
 def check_residue(ctx: Context) -> Iterator[Check]:
     leftovers = []
     ray_tmp = ctx.paths.ray_temp

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hvt import ray_nodes
@@ -23,7 +24,7 @@ from hvt.config.bundle import default_config_path
 from hvt.config.load import load
 from hvt.config.problems import ConfigError
 from hvt.config.run_paths import RunPaths
-from hvt.run import ray_auth, worker
+from hvt.run import node_checks, ray_auth, worker
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 EXIT_LOST = 3
@@ -55,10 +56,27 @@ def table(nodes: list[ray_nodes.Node]) -> Table:
     return out
 
 
+def _checks(alive: list[ray_nodes.Node], gpus_per_node: int, paths: RunPaths) -> int:
+    """node_checks on every alive node, a line each; 2 when one failed."""
+    results = node_checks.check(alive, gpus_per_node, paths.state)
+    for r in results:
+        mark = "[red]fail[/]" if not r.ok else "[yellow]warn[/]" if r.warn else "[green]ok[/]"
+        console.print(f"[cyan]nodes[/] {mark} {r.name}: {escape(r.detail)}")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        console.print(f"[bold red]nodes: {len(failed)} check(s) failed: {', '.join(failed)}[/]")
+        return 2
+    return 0
+
+
 def nodes(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="config file")] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="wait until nnodes (and node_names) have joined")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(help="check every node: GPUs, the shared run directory, clock skew"),
     ] = False,
     lost: Annotated[
         bool, typer.Option("--lost", help="name the nodes that died and did not come back")
@@ -86,7 +104,7 @@ def nodes(
     _connect(os.environ.get("RAY_ADDRESS") or f"127.0.0.1:{i.ray_port}", paths.state)
     if wait:
         try:
-            ray_nodes.wait_for_nodes(
+            alive = ray_nodes.wait_for_nodes(
                 i.nnodes,
                 i.node_names,
                 i.node_join_timeout if timeout is None else timeout,
@@ -95,8 +113,10 @@ def nodes(
         except ray_nodes.ClusterError as exc:
             console.print(f"[bold red]nodes: {exc}[/]")
             raise typer.Exit(2) from None
-        return
+        raise typer.Exit(_checks(alive, i.ngpus_per_node, paths))
     found = ray_nodes.snapshot()
+    if check:
+        raise typer.Exit(_checks([n for n in found if n.alive], i.ngpus_per_node, paths))
     if lost:
         deadline = time.monotonic() + within
         gone = ray_nodes.lost(found)
