@@ -252,3 +252,22 @@ def test_a_small_skew_warns_and_passes(tmp_path: Path) -> None:
     nodes = ray_nodes.from_rows([_row("h", "10.0.0.1", head=True)])
     (_gpus, _shared, clock) = node_checks.check(nodes, 1, tmp_path, _seen_by(tmp_path, -2.0))
     assert clock.ok and clock.warn and clock.detail.startswith("-2.00 s")
+
+
+def test_ray_servers_take_fixed_ports_a_firewall_can_name(filled_config_file: Path) -> None:
+    cfg, _ = check(filled_config_file)
+    assert cfg is not None
+    args = ray_start.node_args(cfg, Path("/t"), cpu=False)
+    port = cfg.inputs.infrastructure.ray_port
+    assert f"--node-manager-port={port + 1}" in args and f"--metrics-export-port={port + 5}" in args
+    assert "--dashboard-agent-listen-port=52365" in args and "--max-worker-port=19999" in args
+
+
+def test_a_service_port_inside_rays_node_ports_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    data = filled_config(**{"runtime_info.input.infrastructure.ray_dashboard_port": 6382})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _, problems = check(path)
+    assert any("port 6382 is one of Ray's node ports 6380-6384" in p.render() for p in problems), [
+        p.render() for p in problems
+    ]

@@ -157,6 +157,26 @@ def _ports(cfg: RunConfig) -> list[Problem]:
                 )
             )
         seen[port] = key
+    nodes = range(i.ray_port + 1, i.ray_port + 6)  # every Ray node's servers (hvt.run.ray_start)
+    for key in ("ray_dashboard_port", "litellm_port"):
+        port = getattr(i, key)
+        if port in nodes:
+            out.append(
+                Problem(
+                    f"{P}.infrastructure.{key}",
+                    f"port {port} is one of Ray's node ports {nodes.start}-{nodes.stop - 1} "
+                    f"(ray_port {i.ray_port} + 1 to 5)",
+                    "move it, or ray_port, so they do not overlap",
+                )
+            )
+    if nodes.stop - 1 > 65535:
+        out.append(
+            Problem(
+                f"{P}.infrastructure.ray_port",
+                f"ray_port {i.ray_port} leaves no room for Ray's node ports (ray_port + 1 to 5)",
+                "use a port of at most 65530 (default 6379)",
+            )
+        )
     return out
 
 

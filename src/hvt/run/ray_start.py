@@ -17,6 +17,18 @@ from hvt import ray_nodes
 from hvt.config.model import RunConfig
 
 CPU_MODE_RAY_CPUS = 32
+# Every node's Ray servers on fixed ports, so a firewall can name them (the trainer_stack role's
+# nftables rule admits them only from the other trainer hosts): ray_port + 1..5, the dashboard
+# agent's 52365 and the worker processes' 10002-19999 (Ray's defaults), the client's 10001.
+NODE_PORT_FLAGS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--runtime-env-agent-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+)
+DASHBOARD_AGENT_PORT = 52365
+WORKER_PORTS = (10002, 19999)
 
 
 def node_args(cfg: RunConfig, temp_dir: Path, cpu: bool) -> list[str]:
@@ -26,6 +38,10 @@ def node_args(cfg: RunConfig, temp_dir: Path, cpu: bool) -> list[str]:
         f"--temp-dir={temp_dir}",
         f"--labels={ray_nodes.NODE_LABEL}={ray_nodes.node_name()}",
         "--disable-usage-stats",
+        *(f"{flag}={i.ray_port + n}" for n, flag in enumerate(NODE_PORT_FLAGS, 1)),
+        f"--dashboard-agent-listen-port={DASHBOARD_AGENT_PORT}",
+        f"--min-worker-port={WORKER_PORTS[0]}",
+        f"--max-worker-port={WORKER_PORTS[1]}",
     ]
     ip = os.environ.get("HVT_NODE_IP", "")
     if ip:
