@@ -73,7 +73,7 @@ testbed: ## prepare this machine: Docker engine + compose + buildx, local base i
 lint: $(PY) ## ruff, yamllint, hadolint where present
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
-	$(VENV)/bin/yamllint -s ansible .yamllint compose.yaml compose.cpu.yaml config
+	$(VENV)/bin/yamllint -s ansible .yamllint compose.yaml compose.cpu.yaml compose.nodes.yaml config
 	$(VENV)/bin/hadolint Dockerfile tests/testbed/*.Dockerfile
 	cd ansible && $(abspath $(VENV))/bin/ansible-lint
 
