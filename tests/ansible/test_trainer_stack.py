@@ -1,14 +1,17 @@
-"""trainer_stack (and the trainer play of provision.yml) on a real systemd host without a GPU.
+"""trainer_stack (and the trainer play of provision.yml) on two real systemd hosts without a GPU.
 
 Converges ansible/molecule/trainer_stack twice (the second run must change nothing): Docker
 engine, nvidia_gpu skipping its device tasks, then the bundle, run profile, secrets, an image
-loaded from an archive and `docker compose up -d`. The compose service runs as the trainer uid
-and is healthy only if it can read the secret and the run profile.
+loaded from an archive and `docker compose up -d`. The two hosts are one Ray cluster: the head
+(hvt-ans-stack) runs the trainer service, which runs as the trainer uid and is healthy only if
+it can read the secret and the run profile; the other host runs only the worker service; Ray's
+ports on each answer the other trainer host and nobody else.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,10 +20,12 @@ import testinfra
 
 from tests.ansible.conftest import converged
 from tests.ansible.molecule_runner import ANSIBLE_DIR, MoleculeStepFailed, Scenario
+from tests.helpers.timing import scaled
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("hosts_available")]
 
 HOST = "hvt-ans-stack"
+WORKER = "hvt-ans-stack-2"
 BUNDLE = "/opt/verl-swe-rl"
 TEST_KEY = "sk-molecule-not-a-real-key"
 
@@ -33,6 +38,23 @@ def scenario(molecule_logs: Path, say: Callable[[str], None]) -> Iterator[Scenar
 @pytest.fixture(scope="module")
 def host(scenario: Scenario) -> testinfra.host.Host:
     return testinfra.get_host(f"docker://{HOST}")
+
+
+@pytest.fixture(scope="module")
+def worker(scenario: Scenario) -> testinfra.host.Host:
+    return testinfra.get_host(f"docker://{WORKER}")
+
+
+def _address(name: str) -> str:
+    fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    out = subprocess.run(
+        ["docker", "inspect", "-f", fmt, name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return out.stdout.strip()
 
 
 def test_second_converge_changes_nothing(scenario: Scenario) -> None:
@@ -102,8 +124,6 @@ def test_env_file_satisfies_the_real_compose_file(
 ) -> None:
     """The .env the role writes has every variable the bundle's real compose.yaml requires."""
     real = ANSIBLE_DIR.parent / "compose.yaml"
-    if not real.is_file():
-        pytest.skip("no compose.yaml in this checkout yet")
     (tmp_path / ".env").write_text(host.file(f"{BUNDLE}/.env").content_string)
     for name in ("litellm_master_key", "wandb_api_key"):
         (tmp_path / name).write_text("x")
@@ -115,6 +135,8 @@ def test_env_file_satisfies_the_real_compose_file(
             str(ANSIBLE_DIR.parent),
             "-f",
             str(real),
+            "-f",
+            str(real.with_name("compose.nodes.yaml")),  # the .env's COMPOSE_FILE: two hosts
             "--env-file",
             str(tmp_path / ".env"),
             "config",
@@ -140,3 +162,51 @@ def test_missing_secret_stops_with_its_name(scenario: Scenario) -> None:
     with pytest.raises(MoleculeStepFailed) as failed:
         scenario.run("converge", "--", "-e", "vault_litellm_master_key=")
     assert "secret 'litellm_master_key' is empty" in str(failed.value)
+
+
+def test_each_host_knows_its_place_in_the_cluster(
+    host: testinfra.host.Host, worker: testinfra.host.Host
+) -> None:
+    head_ip, worker_ip = _address(HOST), _address(WORKER)
+    head, other = read_env(host), read_env(worker)
+    assert (head["HVT_NODE_NAME"], head["HVT_NODE_IP"]) == (HOST, head_ip)
+    assert (other["HVT_NODE_NAME"], other["HVT_NODE_IP"]) == (WORKER, worker_ip)
+    for env in (head, other):
+        assert env["HVT_RAY_HEAD"] == f"{head_ip}:6379"
+        assert env["NODE0_IP"] == head_ip, "every node's sandboxes reach the head's proxy"
+        assert env["COMPOSE_FILE"] == "compose.yaml:compose.nodes.yaml"
+    assert (head["COMPOSE_PROFILES"], other["COMPOSE_PROFILES"]) == ("", "worker")
+    fmt = "'{{.Service}} {{.Health}}'"
+    ps = worker.run(f"docker compose --project-directory {BUNDLE} ps --format {fmt}")
+    assert ps.stdout.split() == ["worker", "healthy"], ps.stdout + ps.stderr
+
+
+def _connects(host: testinfra.host.Host | None, address: str, port: int) -> bool:
+    """Whether a TCP connection to address:port opens within 3 s (host None: from here)."""
+    code = f"import socket; socket.create_connection(({address!r}, {port}), timeout=3)"
+    if host is None:
+        proc = subprocess.run(["python3", "-c", code], capture_output=True, timeout=30, check=False)
+        return proc.returncode == 0
+    return bool(host.run(f"python3 -c {code!r}").rc == 0)
+
+
+def test_rays_ports_answer_only_the_other_trainer_host(
+    host: testinfra.host.Host, worker: testinfra.host.Host
+) -> None:
+    rules = host.run("nft list table inet verl_swe_rl_ray")
+    assert rules.rc == 0 and _address(WORKER) in rules.stdout, rules.stdout + rules.stderr
+    assert host.service("verl-swe-rl-ray-firewall.service").is_enabled
+    head_ip = _address(HOST)
+    listener = "nohup python3 -m http.server {port} --bind 0.0.0.0 >/dev/null 2>&1 &"
+    for port in (6379, 6381, 12000, 7001):  # GCS, a node server, a worker's port; not Ray's
+        host.run(listener.format(port=port))
+    try:
+        deadline = time.monotonic() + scaled(20)
+        while not _connects(worker, head_ip, 7001) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for port in (6379, 6381, 12000):
+            assert _connects(worker, head_ip, port), f"the other trainer host reaches :{port}"
+            assert not _connects(None, head_ip, port), f"a host outside the cluster reached :{port}"
+        assert _connects(None, head_ip, 7001), "a port that is not Ray's stays open"
+    finally:
+        host.run("pkill -f 'http.server' || true")
