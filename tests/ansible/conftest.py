@@ -24,13 +24,13 @@ SHARED_APT_VOLUME = "hvt-ans-apt-archives"
 SCENARIO_HOSTS = {
     "docker_engine": ["hvt-ans-engine"],
     "docker_tls": ["hvt-ans-sandbox", "hvt-ans-trainer"],
-    "trainer_stack": ["hvt-ans-stack"],
+    "trainer_stack": ["hvt-ans-stack", "hvt-ans-stack-2"],
     "nvidia_gpu": ["hvt-ans-gpu"],
 }
 SCENARIO_VOLUMES = {
     "docker_engine": ["hvt-ans-engine-docker"],
     "docker_tls": ["hvt-ans-sandbox-docker", "hvt-ans-trainer-docker"],
-    "trainer_stack": ["hvt-ans-stack-docker"],
+    "trainer_stack": ["hvt-ans-stack-docker", "hvt-ans-stack-2-docker", "hvt-ans-apt-archives-2"],
     "nvidia_gpu": ["hvt-ans-gpu-docker"],
 }
 

@@ -174,7 +174,7 @@ def test_each_host_knows_its_place_in_the_cluster(
     for env in (head, other):
         assert env["HVT_RAY_HEAD"] == f"{head_ip}:6379"
         assert env["NODE0_IP"] == head_ip, "every node's sandboxes reach the head's proxy"
-        assert env["COMPOSE_FILE"] == "compose.yaml:compose.nodes.yaml"
+        assert env["COMPOSE_FILE"] == f"{BUNDLE}/compose.yaml:{BUNDLE}/compose.nodes.yaml"
     assert (head["COMPOSE_PROFILES"], other["COMPOSE_PROFILES"]) == ("", "worker")
     fmt = "'{{.Service}} {{.Health}}'"
     ps = worker.run(f"docker compose --project-directory {BUNDLE} ps --format {fmt}")
