@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hvt.smoke import cli, verify
+from hvt.smoke import cli, verify, verify_nodes
 from verl_patch import trained_groups
 
 PROJECT, EXP = "hvt-smoke", "harbor-cc-colocate_async-1n-x"
@@ -186,3 +186,84 @@ def test_an_unknown_smoke_mode_is_refused_before_anything_starts() -> None:
     result = CliRunner().invoke(cli.app, ["stack", "--mode", "separate_async"])
     assert result.exit_code == 2
     assert "'separate_async' is not a smoke mode (use sync or colocate_async)" in result.output
+
+
+HEAD_LOG = "\n".join(
+    [
+        "nodes 1/2 nodes joined; waiting for trainer-1 (0/600 s)",
+        "nodes 2/2 nodes joined after 2 s: trainer-0 (head, 172.29.0.4, 1 GPU), "
+        "trainer-1 (worker, 172.29.0.6, 1 GPU)",
+        "wrote /shared/litellm/config.yaml: 2 replica(s) [0=http://172.29.0.4:43249/v1 on "
+        "trainer-0, 1=http://172.29.0.6:33859/v1 on trainer-1]",
+        "hvt launch: the run failed because it lost trainer node(s): trainer-1 (172.29.0.6): ...",
+        "nodes 2/2 nodes joined after 31 s: trainer-0 (head, 172.29.0.4, 1 GPU), "
+        "trainer-1 (worker, 172.29.0.9, 1 GPU)",
+        "wrote /shared/litellm/config.yaml: 2 replica(s) [0=http://172.29.0.4:40001/v1 on "
+        "trainer-0, 1=http://172.29.0.9:40002/v1 on trainer-1]",
+    ]
+)
+
+
+def _two_node_run(tmp_path: Path, reason: str, both_ranks: bool = True) -> Path:
+    run = _run_dir(tmp_path, "", [], [])
+    trials = run / "harbor_trials" / PROJECT / EXP
+    for trial, base in (("t1", "172.29.0.4:43249"), ("t2", "172.29.0.9:40002")):
+        path = trials / "step_0001" / trial / "proxy" / "litellm-trajectory.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"api_base": f"http://{base}/v1"}) + "\n")
+    actor = run / "checkpoints" / PROJECT / EXP / "global_step_2" / "actor"
+    actor.mkdir(parents=True)
+    for rank in (0, 1) if both_ranks else (0,):
+        (actor / f"model_world_size_2_rank_{rank}.pt").write_bytes(b"x")
+    (run / "artifacts").mkdir()
+    entries = [
+        {"id": "run_001", "exp_name": EXP, "status": "failed", "exit_code": 1, "reason": reason},
+        {"id": "run_002", "exp_name": EXP, "status": "completed", "exit_code": 0},
+    ]
+    (run / "artifacts" / "index.yaml").write_text(yaml.safe_dump(entries))
+    return run
+
+
+def test_two_nodes_joined_served_checkpointed_and_the_lost_one_is_on_record(
+    tmp_path: Path,
+) -> None:
+    run = _two_node_run(tmp_path, "lost trainer node(s): trainer-1 (172.29.0.6): health check")
+    checks = {
+        c.name: c
+        for c in verify_nodes.verify_nodes(
+            run, PROJECT, EXP, HEAD_LOG, ["trainer-0", "trainer-1"], "trainer-1", 42.0
+        )
+    }
+    assert [c for c in checks.values() if not c.ok] == []
+    assert checks["nodes: joined"].detail.startswith("2 launch(es) saw all of")
+    assert "after 2 s, 31 s" in checks["nodes: joined"].detail
+    # the last discovery line: the worker came back at a new address
+    assert "172.29.0.9:40002 on trainer-1" in checks["nodes: a replica on each"].detail
+    assert checks["nodes: calls served on each"].detail == "trainer-0: 1 calls, trainer-1: 1 calls"
+    assert "ranks ['0', '1']" in checks["nodes: shared checkpoint"].detail
+    assert "run_001 failed, 42 s after the node stopped: lost trainer node(s): trainer-1" in (
+        checks["nodes: lost node"].detail
+    )
+
+
+def test_a_failure_that_names_no_node_or_a_missing_rank_fails_the_checks(tmp_path: Path) -> None:
+    run = _two_node_run(tmp_path, "", both_ranks=False)
+    checks = {
+        c.name: c
+        for c in verify_nodes.verify_nodes(
+            run, PROJECT, EXP, HEAD_LOG, ["trainer-0", "trainer-1"], "trainer-1", None
+        )
+    }
+    assert (
+        not checks["nodes: lost node"].ok
+        and "no reason recorded" in checks["nodes: lost node"].detail
+    )
+    assert not checks["nodes: shared checkpoint"].ok
+
+
+def test_two_nodes_run_one_async_experiment() -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.app, ["stack", "--nodes", "2", "--mode", "sync"])
+    assert result.exit_code == 2
+    assert "--nodes 2 runs one colocate_async experiment (config/smoke-2node.yaml)" in result.output

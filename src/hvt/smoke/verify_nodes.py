@@ -25,15 +25,22 @@ from hvt.trajectory.paths import FILE_NAME as TRAJECTORY
 
 JOINED = re.compile(r"(\d+)/(\d+) nodes joined after (\d+) s: (.*)$", re.MULTILINE)
 WROTE = re.compile(r"wrote \S+: (\d+) replica\(s\) \[(.*)\]$", re.MULTILINE)
-REPLICA = re.compile(r"(\d+)=http://\[?([^\]/]+?)\]?:(\d+)/v1 on (\S+)")
+REPLICA = re.compile(r"(\d+)=http://\[?([^\]/]+?)\]?:(\d+)/v1 on ([^\s,\]]+)")
 
 
 def replica_nodes(head_log: str) -> dict[str, str]:
-    """Each replica's address (host:port) -> its node, from discovery's last written set."""
+    """Each replica's address (host:port) -> its node, over every set discovery wrote (a
+    relaunch serves from new ports; the calls before it went to the old ones)."""
+    out: dict[str, str] = {}
+    for _count, listing in WROTE.findall(head_log):
+        out.update({f"{h}:{p}": node for _i, h, p, node in REPLICA.findall(listing)})
+    return out
+
+
+def last_replicas(head_log: str) -> dict[str, str]:
+    """The replica set discovery wrote last: address -> node."""
     found = WROTE.findall(head_log)
-    if not found:
-        return {}
-    return {f"{host}:{port}": node for _i, host, port, node in REPLICA.findall(found[-1][1])}
+    return {f"{h}:{p}": n for _i, h, p, n in REPLICA.findall(found[-1][1])} if found else {}
 
 
 def calls_by_node(trials: Path, replicas: dict[str, str]) -> Counter[str]:
@@ -73,15 +80,16 @@ def verify_nodes(
             + " (want 2: the first launch and the resumed one)",
         )
     )
-    replicas = replica_nodes(head_log)
-    on = Counter(replicas.values())
+    last = last_replicas(head_log)
+    on = Counter(last.values())
     checks.append(
         Check(
             "nodes: a replica on each",
             all(on[n] for n in nodes),
-            ", ".join(f"{a} on {n}" for a, n in sorted(replicas.items())) or "no discovery line",
+            ", ".join(f"{a} on {n}" for a, n in sorted(last.items())) or "no discovery line",
         )
     )
+    replicas = replica_nodes(head_log)
     paths = RunPaths(workdir, project, exp)
     calls = calls_by_node(paths.project_trials / exp, replicas)
     checks.append(
