@@ -350,11 +350,15 @@ def _nodes_cmd(config_file: Path, *flags: str) -> list[str]:
 
 def wait_for_nodes(config_file: Path, env: dict[str, str]) -> None:
     """Until every trainer node has joined this head (`hvt nodes --wait`: progress, a limit)."""
+    started = time.monotonic()
     if subprocess.run(_nodes_cmd(config_file, "--wait"), env=env, check=False).returncode:
         raise LaunchError(
-            "not every trainer node joined (above: the missing nodes and what to check); "
-            "nothing was trained"
+            "not every trainer node joined or passed its checks (above: which, and what to "
+            "check); nothing was trained"
         )
+    console.print(
+        f"[cyan]nodes[/] every node joined and checked in {time.monotonic() - started:.1f} s"
+    )
 
 
 def lost_nodes(config_file: Path, env: dict[str, str]) -> str:
