@@ -210,7 +210,8 @@ def _two_node_run(tmp_path: Path, reason: str, both_ranks: bool = True) -> Path:
     for trial, base in (("t1", "172.29.0.4:43249"), ("t2", "172.29.0.9:40002")):
         path = trials / "step_0001" / trial / "proxy" / "litellm-trajectory.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"api_base": f"http://{base}/v1"}) + "\n")
+        record = {"deployment": {"model": "vllm_model", "api_base": f"http://{base}/v1"}}
+        path.write_text(json.dumps(record) + "\n")
     actor = run / "checkpoints" / PROJECT / EXP / "global_step_2" / "actor"
     actor.mkdir(parents=True)
     for rank in (0, 1) if both_ranks else (0,):

@@ -590,8 +590,10 @@ def stack(
         typer.echo(f"hvt smoke: summary {data / 'smoke-summary.json'}")
         code = 0 if all(c.ok for c in checks) else 1
     if not keep:
+        # --profile replaces COMPOSE_PROFILES: name the worker's too (two nodes)
+        profiles = ["--profile", "dashboard"] + (["--profile", WORKER] if nodes > 1 else [])
         subprocess.run(
-            _compose(root, env, "--profile", "dashboard", "down", "-v", "--remove-orphans"),
+            _compose(root, env, *profiles, "down", "-v", "--remove-orphans"),
             env=env,
             check=False,
         )

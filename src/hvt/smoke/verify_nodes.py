@@ -44,12 +44,14 @@ def last_replicas(head_log: str) -> dict[str, str]:
 
 
 def calls_by_node(trials: Path, replicas: dict[str, str]) -> Counter[str]:
-    """The proxy's logged calls, by the node whose replica answered them."""
+    """The proxy's logged calls, by the node whose replica answered them (each trajectory
+    record's `deployment.api_base`)."""
     out: Counter[str] = Counter()
     for path in trials.glob(f"*/*/proxy/{TRAJECTORY}"):
         for line in path.read_text(errors="replace").splitlines():
             try:
-                base = str(json.loads(line).get("api_base") or "")
+                record = json.loads(line)
+                base = str((record.get("deployment") or {}).get("api_base") or "")
             except json.JSONDecodeError:
                 continue
             address = (
