@@ -175,3 +175,58 @@ def test_env_example_covers_every_variable(tmp_path: Path) -> None:
     }
     missing = used - documented - {"DOCKER_SOCK"}
     assert not missing, f".env.example lacks {sorted(missing)}"
+
+
+def test_several_hosts_worker_and_the_host_network_overlay() -> None:
+    """A worker host's `worker` service; compose.nodes.yaml puts the trainer nodes on the host's
+    network with no published port and the Ray dashboard on loopback, and names HVT_NODE_IP."""
+    env = {**ENV, "HVT_NODE_IP": "10.0.0.11", "HVT_NODE_NAME": "gpu2"}
+    plain = _config("compose.yaml", env=env)["services"]
+    assert "worker" not in plain, "the worker is a profile: a single host never starts it"
+    services = _config("compose.yaml", "compose.nodes.yaml", env=env, profiles=("worker",))[
+        "services"
+    ]
+    worker, trainer = services["worker"], services["trainer"]
+    assert worker["command"] == ["worker", "--config", "/workspace/config/config.yaml"]
+    assert worker["network_mode"] == trainer["network_mode"] == "host"
+    assert not worker.get("ports") and not trainer.get("ports"), "nothing published"
+    assert trainer["environment"]["HVT_RAY_DASHBOARD_HOST"] == "127.0.0.1"
+    assert worker["environment"]["HVT_NODE_IP"] == "10.0.0.11"
+    assert worker["environment"]["HVT_NODE_NAME"] == "gpu2"
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert worker["restart"] == "unless-stopped", "it joins again when the head comes back"
+    # the run directory at the same path: the shared directory of several hosts
+    data = [v for v in worker["volumes"] if v["target"] == "/srv/hvt/data"]
+    assert data and data[0]["source"] == "/srv/hvt/data"
+    missing = subprocess.run(
+        ["docker", "compose", "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml"),
+         "-f", str(ROOT / "compose.nodes.yaml"), "config"],
+        env=ENV, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "set HVT_NODE_IP in .env" in missing.stderr
+
+
+def test_cpu_worker_node_joins_the_smoke_head() -> None:
+    env = {
+        **ENV,
+        "HVT_SMOKE_TLS_DIR": "/srv/hvt/data/docker-tls",
+        "HVT_SANDBOX_DOCKERD_IMAGE": "local/dockerd:bookworm",
+        "HVT_SMOKE_CONFIG": "/workspace/config/smoke-2node.yaml",
+    }
+    services = _config("compose.yaml", "compose.cpu.yaml", env=env, profiles=("worker",))[
+        "services"
+    ]
+    worker = services["worker"]
+    assert worker["command"] == [
+        "worker",
+        "--cpu",
+        "--config",
+        "/workspace/config/smoke-2node.yaml",
+    ]
+    assert worker["environment"]["HVT_CONFIG"] == "/workspace/config/smoke-2node.yaml"
+    assert worker["environment"]["HVT_RAY_HEAD"] == "trainer:6379"
+    assert worker["environment"]["HVT_NODE_NAME"] == "trainer-1"
+    assert services["trainer"]["environment"]["HVT_NODE_NAME"] == "trainer-0"
+    assert "deploy" not in worker or not worker["deploy"].get("resources")
+    targets = {v["target"] for v in worker["volumes"]}
+    assert {"/srv/hvt/data", "/workspace/smoke", "/etc/verl-swe-rl/docker-tls"} <= targets
