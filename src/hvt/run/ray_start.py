@@ -2,7 +2,8 @@
 
 One place for the node's identity and resources, so the head (`hvt launch`) and the workers
 (`hvt worker`) advertise the same way: the `hvt-node=<name>` label, this node's cluster address
-(HVT_NODE_IP: the address the other trainer hosts reach it at; Ray binds its servers to it), a
+(HVT_NODE_IP: the address the other trainer hosts reach it at, which Ray advertises; Ray 2.60
+listens on every interface regardless, so a firewall keeps its ports to the trainer hosts), a
 temp dir of its own, and in CPU mode `ngpus_per_node` logical GPUs plus enough CPU slots. Also
 the one reader of `ray start`'s failures: the address, the token or the version, each with its fix.
 """
