@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 NODE_LABEL = "hvt-node"
+# `hvt nodes --lost` starts each lost node's line with it (Ray prints lines of its own there)
+LOST_PREFIX = "lost node: "
 PROGRESS_EVERY_S = 15.0
 
 
@@ -143,3 +145,12 @@ def lost(nodes: Sequence[Node]) -> list[Node]:
         if not n.alive and n.name not in back:
             gone[n.name] = n
     return sorted(gone.values())
+
+
+def lost_lines(output: str) -> list[str]:
+    """The lost nodes `hvt nodes --lost` printed (`name (ip): reason`), without Ray's own lines."""
+    return [
+        line.removeprefix(LOST_PREFIX).strip()
+        for line in output.splitlines()
+        if line.startswith(LOST_PREFIX)
+    ]

@@ -271,3 +271,12 @@ def test_a_service_port_inside_rays_node_ports_is_refused(tmp_path: Path) -> Non
     assert any("port 6382 is one of Ray's node ports 6380-6384" in p.render() for p in problems), [
         p.render() for p in problems
     ]
+
+
+def test_the_lost_nodes_are_read_without_rays_own_lines() -> None:
+    output = (
+        "\x1b[33m(raylet)\x1b[0m The node with node id: f268 and address: 172.21.0.6 has been "
+        "marked dead because the detector has missed too many heartbeats from it.\n"
+        f"{ray_nodes.LOST_PREFIX}trainer-1 (172.21.0.6): health check failed\n"
+    )
+    assert ray_nodes.lost_lines(output) == ["trainer-1 (172.21.0.6): health check failed"]

@@ -33,7 +33,7 @@ from typing import IO
 from rich.console import Console
 from rich.markup import escape
 
-from hvt import ownership
+from hvt import ownership, ray_nodes
 from hvt.config import summary as config_summary
 from hvt.config.bundle import bundle_root
 from hvt.config.load import load
@@ -372,7 +372,7 @@ def lost_nodes(config_file: Path, env: dict[str, str]) -> str:
     )
     if out.returncode != 3:
         return ""
-    names = "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip())
+    names = "; ".join(ray_nodes.lost_lines(out.stdout))
     reason = f"lost trainer node(s): {names}"
     console.print(
         f"[bold red]hvt launch: the run failed because it {reason}. Start the node's worker "

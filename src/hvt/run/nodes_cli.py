@@ -123,7 +123,8 @@ def nodes(
         while not gone and time.monotonic() < deadline:
             time.sleep(2.0)
             gone = ray_nodes.lost(ray_nodes.snapshot())
-        for n in gone:
-            console.print(f"{n.name} ({n.ip}): {n.death or 'no reason recorded'}", markup=False)
+        for n in gone:  # a line each, after LOST_PREFIX: Ray prints lines of its own here
+            reason = n.death or "no reason recorded"
+            console.print(f"{ray_nodes.LOST_PREFIX}{n.name} ({n.ip}): {reason}", markup=False)
         raise typer.Exit(EXIT_LOST if gone else 0)
     console.print(table(found))
