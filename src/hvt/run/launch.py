@@ -246,7 +246,10 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
                 "HVT_CONFIG": str(config_file.resolve()),
                 "HVT_WORKDIR": str(paths.workdir),
                 "HVT_TRIALS_DIR": str(paths.project_trials / exp),
-                "RAY_ADDRESS": f"127.0.0.1:{cfg.inputs.infrastructure.ray_port}",
+                # the node's cluster address where it has one (several hosts): a driver finds
+                # its own node by the address it reaches the head at
+                "RAY_ADDRESS": f"{os.environ.get('HVT_NODE_IP') or '127.0.0.1'}:"
+                f"{cfg.inputs.infrastructure.ray_port}",
                 **ray_auth.settings(paths.state),
                 "TENSORBOARD_DIR": str(paths.workdir / "tensorboard" / paths.project / exp),
                 "WANDB_MODE": cfg.inputs.credentials.wandb_mode,
