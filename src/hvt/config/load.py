@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -348,3 +349,14 @@ def load(path: Path) -> RunConfig:
     if cfg is None or problems:
         raise ConfigError(str(path), problems)
     return cfg
+
+
+def load_or_say(path: Path, say: Callable[[str], None]) -> RunConfig | None:
+    """The typed config; or, with a problem, None after saying each one (`<key>: <what>
+    (<fix>)`): what a command that cannot start without its config does."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            say(problem.render())
+        return None

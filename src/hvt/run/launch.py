@@ -36,9 +36,8 @@ from rich.markup import escape
 from hvt import ownership, ray_nodes
 from hvt.config import summary as config_summary
 from hvt.config.bundle import bundle_root
-from hvt.config.load import load
+from hvt.config.load import load_or_say
 from hvt.config.model import RunConfig
-from hvt.config.problems import ConfigError
 from hvt.config.run_paths import RunPaths
 from hvt.preflight.check import Status, render_table
 from hvt.preflight.dryrun import preflight
@@ -201,11 +200,8 @@ def run(
 ) -> int:
     """One run, start to record. `prepare` runs before the preflight (--cpu-smoke: the
     smoke's tiny model and task index, from hvt.commands.run) and says what it made."""
-    try:
-        cfg = load(config_file)
-    except ConfigError as exc:
-        for p in exc.problems:
-            console.print(f"[red]{p.render()}[/]")
+    cfg = load_or_say(config_file, lambda line: console.print(f"[red]{escape(line)}[/]"))
+    if cfg is None:
         return 2
     paths = RunPaths.from_config(cfg)
     if prepare is not None:  # the smoke makes its own model and task index: checked next

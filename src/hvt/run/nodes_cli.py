@@ -21,8 +21,7 @@ from rich.table import Table
 
 from hvt import ray_nodes
 from hvt.config.bundle import default_config_path
-from hvt.config.load import load
-from hvt.config.problems import ConfigError
+from hvt.config.load import load_or_say
 from hvt.config.run_paths import RunPaths
 from hvt.run import node_checks, ray_auth, worker
 
@@ -93,12 +92,11 @@ def nodes(
     ] = 0.0,
 ) -> None:
     """The trainer nodes of this run's Ray cluster (exit 3 with --lost when one is gone)."""
-    try:
-        cfg = load(config or default_config_path())
-    except ConfigError as exc:
-        for p in exc.problems:
-            console.print(f"[red]{p.render()}[/]")
-        raise typer.Exit(2) from None
+    cfg = load_or_say(
+        config or default_config_path(), lambda line: console.print(f"[red]{escape(line)}[/]")
+    )
+    if cfg is None:
+        raise typer.Exit(2)
     i = cfg.inputs.infrastructure
     paths = RunPaths.from_config(cfg)
     _connect(os.environ.get("RAY_ADDRESS") or f"127.0.0.1:{i.ray_port}", paths.state)

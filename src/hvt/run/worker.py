@@ -25,11 +25,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hvt import ownership, ray_nodes
 from hvt.config.bundle import default_config_path
-from hvt.config.load import load
-from hvt.config.problems import ConfigError
+from hvt.config.load import load_or_say
 from hvt.config.run_paths import RunPaths
 from hvt.run import launch, ray_auth, ray_start
 
@@ -128,11 +128,8 @@ def join(cmd: list[str], env: dict[str, str], head: str, token: Path, paths: Run
 
 
 def run(config_file: Path, cpu: bool, head_override: str) -> int:
-    try:
-        cfg = load(config_file)
-    except ConfigError as exc:
-        for p in exc.problems:
-            console.print(f"[red]{p.render()}[/]")
+    cfg = load_or_say(config_file, lambda line: console.print(f"[red]{escape(line)}[/]"))
+    if cfg is None:
         return 2
     i = cfg.inputs.infrastructure
     paths = RunPaths.from_config(cfg)
