@@ -21,6 +21,7 @@ from typing import Any
 NODE_LABEL = "hvt-node"
 # `hvt nodes --lost` starts each lost node's line with it (Ray prints lines of its own there)
 LOST_PREFIX = "lost node: "
+EXIT_LOST = 3  # `hvt nodes --lost` when a node is lost
 PROGRESS_EVERY_S = 15.0
 
 

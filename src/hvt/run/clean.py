@@ -183,12 +183,18 @@ def orphans(found: Sandboxes, host: str) -> Sandboxes:
 def reap_orphans(cfg: RunConfig, say: Callable[[str], None]) -> int:
     """Remove, on every Docker sandbox host, this run's sandboxes whose maker on this host is
     gone (containers, then networks); how many containers and networks went. A daemon that
-    cannot be reached is said and skipped. Kubernetes pods have their own reaper and deadline."""
+    cannot be reached is said and skipped, and nothing here raises: `hvt launch` and `hvt
+    worker` call it on start. Kubernetes pods have their own reaper and deadline."""
     if cfg.inputs.harbor_agent.backend == "kubernetes":
         return 0
-    prefix = check_prefix(cfg.inputs.harbor_agent.pod_name_prefix)
+    try:
+        prefix = check_prefix(cfg.inputs.harbor_agent.pod_name_prefix)
+        daemons = sandbox_daemons(cfg)
+    except Exception as exc:  # never fail or hold up a start over it: `hvt clean --pods` remains
+        say(f"could not look for orphaned sandboxes: {exc} (hvt clean --pods removes them)")
+        return 0
     removed = 0
-    for host, certs in sandbox_daemons(cfg):
+    for host, certs in daemons:
         try:
             found = orphans(find_sandboxes(host, certs, prefix), sandbox_labels.this_host())
             if found.containers or found.networks:

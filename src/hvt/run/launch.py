@@ -256,7 +256,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         )
         console.print(config_summary.render(cfg), markup=False)
         console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
-        reap_orphans(cfg)  # what a run killed here before (SIGKILL, a lost container) left
+        _reap_orphans(cfg)  # what a run killed here before (SIGKILL, a lost container) left
         code, reason = _train(cfg, paths, exp, config_file, env, cpu)
     except LaunchError as exc:
         console.print(f"[bold red]hvt launch: {exc}[/]")
@@ -264,7 +264,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         code = 130
     finally:
         ownership.stop_ours(paths.workdir)
-        reap_orphans(cfg)  # the trials a stop cut short: their makers are gone now
+        _reap_orphans(cfg)  # the trials a stop cut short: their makers are gone now
         rec = run_records.record(paths, config_file, exp, code, started, reason=reason)
         console.print(f"run record {rec.run_id}: {rec.status} (exit {code}) -> {rec.archive}")
     if code == 0 and not cfg.inputs.experiment.exp_name:
@@ -272,17 +272,10 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
     return code
 
 
-def reap_orphans(cfg: RunConfig) -> None:
+def _reap_orphans(cfg: RunConfig) -> None:
     """Remove this run's sandboxes whose trial process on this host is gone: a trainer stopped
     mid-step (SIGTERM, Ctrl-C) kills its trials before Harbor can take their sandboxes down."""
-
-    def say(line: str) -> None:
-        console.print(f"[yellow]sandboxes[/] {escape(line)}", highlight=False)
-
-    try:
-        clean.reap_orphans(cfg, say)
-    except Exception as exc:  # never fail or hold up a launch over it: `hvt clean --pods` remains
-        say(f"could not look for orphaned sandboxes: {exc} (hvt clean --pods removes them)")
+    clean.reap_orphans(cfg, lambda line: console.print(f"[yellow]sandboxes[/] {escape(line)}"))
 
 
 def _train(
@@ -369,7 +362,7 @@ def lost_nodes(config_file: Path, env: dict[str, str]) -> str:
         text=True,
         check=False,
     )
-    if out.returncode != 3:
+    if out.returncode != ray_nodes.EXIT_LOST:
         return ""
     names = "; ".join(ray_nodes.lost_lines(out.stdout))
     reason = f"lost trainer node(s): {names}"

@@ -26,7 +26,6 @@ from hvt.config.run_paths import RunPaths
 from hvt.run import node_checks, ray_auth, worker
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-EXIT_LOST = 3
 
 
 def _connect(address: str, state: Path) -> None:
@@ -124,5 +123,5 @@ def nodes(
         for n in gone:  # a line each, after LOST_PREFIX: Ray prints lines of its own here
             reason = n.death or "no reason recorded"
             console.print(f"{ray_nodes.LOST_PREFIX}{n.name} ({n.ip}): {reason}", markup=False)
-        raise typer.Exit(EXIT_LOST if gone else 0)
+        raise typer.Exit(ray_nodes.EXIT_LOST if gone else 0)
     console.print(table(found))

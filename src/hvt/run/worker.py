@@ -31,7 +31,7 @@ from hvt import ownership, ray_nodes
 from hvt.config.bundle import default_config_path
 from hvt.config.load import load_or_say
 from hvt.config.run_paths import RunPaths
-from hvt.run import launch, ray_auth, ray_start
+from hvt.run import clean, ray_auth, ray_start
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 PROGRESS_EVERY_S = 15.0
@@ -133,7 +133,8 @@ def run(config_file: Path, cpu: bool, head_override: str) -> int:
         return 2
     i = cfg.inputs.infrastructure
     paths = RunPaths.from_config(cfg)
-    launch.reap_orphans(cfg)  # the sandboxes of this node's trials that a lost run left
+    # the sandboxes of this node's trials that a lost run left
+    clean.reap_orphans(cfg, lambda line: console.print(f"[yellow]sandboxes[/] {escape(line)}"))
     try:
         host, port = head_address(i.node0_ip, i.ray_port, head_override)
         head = f"{host}:{port}"
