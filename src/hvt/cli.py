@@ -5,7 +5,17 @@ from __future__ import annotations
 import typer
 
 from hvt import __version__
-from hvt.commands import config, images, preflight, proxy, repos, run, sandbox, smoke
+from hvt.commands import (
+    config,
+    images,
+    kuberay,
+    preflight,
+    proxy,
+    repos,
+    run,
+    sandbox,
+    smoke,
+)
 
 app = typer.Typer(
     name="hvt",
@@ -20,6 +30,7 @@ proxy.register(app)
 repos.register(app)
 images.register(app)
 sandbox.register(app)
+kuberay.register(app)
 smoke.register(app)
 
 

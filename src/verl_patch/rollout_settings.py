@@ -3,6 +3,9 @@ and the launcher's environment. No Harbor or verl import.
 
 Environment read (set by `hvt launch` / compose and forwarded to Ray workers):
   HVT_TRIALS_DIR   trials of this experiment (harbor_trials/<project>/<exp>)
+  HVT_NODE_PROXY_URL  this node's own LiteLLM proxy (several hosts, one proxy per node): set in
+                   the node's environment, never forwarded, so that trials started on a node
+                   call that node's proxy; else
   HVT_PROXY_URL    the LiteLLM proxy as sandboxes reach it (else http://<node0_ip>:<litellm_port>)
   DOCKER_HOST / DOCKER_CERT_PATH / KUBECONFIG   when the config leaves them empty
   HVT_TASK_BASE_IMAGE  the BASE_IMAGE build argument of task Dockerfiles that take one
@@ -28,6 +31,7 @@ KUBERNETES_MODULE = "harbor_patch.environments.kubernetes"
 STOCK_DOCKER = "harbor.environments.docker.docker:DockerEnvironment"
 OWN_AGENT_MODULE = "harbor_patch.agents.image_mounted_claude_code"
 CREDENTIAL_MARGIN_SEC = 1800.0
+NODE_PROXY_URL_ENV = "HVT_NODE_PROXY_URL"  # a node's own proxy; not in FORWARDED_ENV
 
 
 def base_image_overlay(base: str, directory: Path) -> tuple[Path, ...]:
@@ -126,10 +130,14 @@ class RolloutSettings:
                 "HVT_TRIALS_DIR is not set (hvt launch sets it to harbor_trials/<project>/<exp>); "
                 "or pass trials_dir to the agent loop"
             )
-        proxy_url = env.get("HVT_PROXY_URL") or (
-            f"http://{i.infrastructure.node0_ip}:{i.infrastructure.litellm_port}"
-            if i.infrastructure.node0_ip
-            else None
+        proxy_url = (
+            env.get(NODE_PROXY_URL_ENV)
+            or env.get("HVT_PROXY_URL")
+            or (
+                f"http://{i.infrastructure.node0_ip}:{i.infrastructure.litellm_port}"
+                if i.infrastructure.node0_ip
+                else None
+            )
         )
         runtime = RuntimeMount(h.runtime_image, h.runtime_mount_path, h.runtime_image_subpath)
         image = h.runtime_image or None  # "" = no runtime mounted (agents that need none)

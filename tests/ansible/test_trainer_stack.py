@@ -173,12 +173,19 @@ def test_each_host_knows_its_place_in_the_cluster(
     assert (other["HVT_NODE_NAME"], other["HVT_NODE_IP"]) == (WORKER, worker_ip)
     for env in (head, other):
         assert env["HVT_RAY_HEAD"] == f"{head_ip}:6379"
-        assert env["NODE0_IP"] == head_ip, "every node's sandboxes reach the head's proxy"
+        assert env["NODE0_IP"] == head_ip, "the head's proxy, for the head's trials"
         assert env["COMPOSE_FILE"] == f"{BUNDLE}/compose.yaml:{BUNDLE}/compose.nodes.yaml"
     assert (head["COMPOSE_PROFILES"], other["COMPOSE_PROFILES"]) == ("", "worker")
+    # one proxy per node: the other host's trials call its own proxy
+    assert (head["HVT_NODE_PROXY_URL"], other["HVT_NODE_PROXY_URL"]) == (
+        "",
+        f"http://{worker_ip}:8002",
+    )
     fmt = "'{{.Service}} {{.Health}}'"
     ps = worker.run(f"docker compose --project-directory {BUNDLE} ps --format {fmt}")
-    assert ps.stdout.split() == ["worker", "healthy"], ps.stdout + ps.stderr
+    assert sorted(ps.stdout.splitlines()) == ["node-proxy healthy", "worker healthy"], (
+        ps.stdout + ps.stderr
+    )
 
 
 def _connects(host: testinfra.host.Host | None, address: str, port: int) -> bool:

@@ -206,6 +206,36 @@ def test_several_hosts_worker_and_the_host_network_overlay() -> None:
     assert missing.returncode != 0 and "set HVT_NODE_IP in .env" in missing.stderr
 
 
+def test_one_proxy_per_node_reads_the_shared_replica_set() -> None:
+    """Several hosts: each other host runs its own proxy (`node-proxy`, profile worker) beside
+    its worker, not the trainer; every proxy and the head's discovery use the LiteLLM config in
+    the shared run directory; the worker's trials call its own proxy."""
+    env = {
+        **ENV,
+        "HVT_NODE_IP": "10.0.0.11",
+        "HVT_NODE_NAME": "gpu2",
+        "HVT_NODE_PROXY_URL": "http://10.0.0.11:8002",
+    }
+    plain = _config("compose.yaml", env=env)["services"]
+    assert "node-proxy" not in plain, "a profile: a single host runs only litellm"
+    services = _config("compose.yaml", "compose.nodes.yaml", env=env, profiles=("worker",))[
+        "services"
+    ]
+    node, head = services["node-proxy"], services["litellm"]
+    assert "depends_on" not in node, "a worker host has no trainer service to wait for"
+    assert head["depends_on"]["trainer"]["condition"] == "service_started"
+    shared = "/srv/hvt/data/litellm/config.yaml"
+    for name in ("node-proxy", "litellm", "trainer"):
+        assert services[name]["environment"]["HVT_LITELLM_CONFIG"] == shared, name
+    assert node["environment"]["HVT_PROXY_NAME"] == "gpu2"  # in each trajectory record
+    assert {p["published"] for p in node["ports"]} == {"8002"}
+    assert node["command"] == head["command"] and node["image"] == head["image"]
+    assert services["worker"]["environment"]["HVT_NODE_PROXY_URL"] == "http://10.0.0.11:8002"
+    # one host: the named volume, no node proxy URL
+    one = _config("compose.yaml", env=ENV)["services"]
+    assert one["litellm"]["environment"]["HVT_LITELLM_CONFIG"] == "/shared/litellm/config.yaml"
+
+
 def test_cpu_worker_node_joins_the_smoke_head() -> None:
     env = {
         **ENV,
@@ -227,6 +257,13 @@ def test_cpu_worker_node_joins_the_smoke_head() -> None:
     assert worker["environment"]["HVT_RAY_HEAD"] == "trainer:6379"
     assert worker["environment"]["HVT_NODE_NAME"] == "trainer-1"
     assert services["trainer"]["environment"]["HVT_NODE_NAME"] == "trainer-0"
+    # one proxy per node: the second node's on the next port, each named in its records
+    assert worker["environment"]["HVT_NODE_PROXY_URL"] == "http://172.17.0.1:8003"
+    proxy = services["node-proxy"]
+    assert {p["published"] for p in proxy["ports"]} == {"8003"}
+    assert proxy["environment"]["HVT_PROXY_NAME"] == "trainer-1"
+    assert services["litellm"]["environment"]["HVT_PROXY_NAME"] == "trainer-0"
+    assert proxy["command"] == ["proxy", "--config", "/workspace/config/smoke.yaml"]
     assert "deploy" not in worker or not worker["deploy"].get("resources")
     targets = {v["target"] for v in worker["volumes"]}
     assert {"/srv/hvt/data", "/workspace/smoke", "/etc/verl-swe-rl/docker-tls"} <= targets

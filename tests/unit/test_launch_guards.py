@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,8 @@ import pytest
 import yaml
 
 from hvt import ownership
+from hvt.preflight.check import fail, ok
+from hvt.run import launch
 from tests.conftest import filled_config
 from tests.helpers.processes import free_port
 from tests.helpers.timing import scaled
@@ -40,10 +43,12 @@ HVT = Path(sys.executable).with_name("hvt")
 
 FAKE_RAY = """#!/bin/sh
 # stand-in for `ray start --head ...`: the head is not what these tests are about
+[ -z "$HVT_TEST_RAY_LOG" ] || echo "ray $*" >> "$HVT_TEST_RAY_LOG"
 exit 0
 """
 
-FAKE_MAIN_PPO = '''"""Stand-in for verl's main_ppo: HVT_TEST_TRAINER=succeed|crash|block."""
+FAKE_MAIN_PPO = '''"""Stand-in for verl's main_ppo: HVT_TEST_TRAINER=succeed|crash|block|env."""
+import json
 import os
 import signal
 import sys
@@ -53,6 +58,10 @@ from pathlib import Path
 mode = os.environ["HVT_TEST_TRAINER"]
 print(f"fake main_ppo: {mode}", flush=True)
 if mode == "succeed":
+    sys.exit(0)
+if mode == "env":  # what the trainer was given: its environment and its arguments
+    seen = {"env": dict(os.environ), "argv": sys.argv}
+    Path(os.environ["HVT_TEST_READY"]).write_text(json.dumps(seen))
     sys.exit(0)
 if mode == "crash":
     sys.exit(3)
@@ -364,3 +373,69 @@ def test_crash_keeps_the_name_and_success_drops_it(bed: Bed) -> None:
     _wait_for(  # a finished run stops what it started (a SIGKILLed one may take a moment)
         "no process of this bundle left", lambda: not list(ownership.our_processes(bed.workdir)), 5
     )
+
+
+def test_attached_launch_starts_no_head_and_keeps_the_clusters_auth(bed: Bed) -> None:
+    """KubeRay: Ray runs already (HVT_RAY_ADDRESS) with the operator's token in RAY_AUTH_TOKEN.
+    launch starts no head, makes no token file, and hands main_ppo that address and that auth;
+    the token never reaches a command line."""
+    config = bed.config()
+    ray_log = bed.tmp / "ray.log"
+    token = "kuberay-made-token-" + "z" * 24
+    with socket.socket() as gcs:  # the running Ray's GCS port, as far as launch looks
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen()
+        address = f"127.0.0.1:{gcs.getsockname()[1]}"
+        code, out = bed.launch(
+            config,
+            "env",
+            "--skip-preflight",
+            HVT_RAY_ADDRESS=address,
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=token,
+            HVT_TEST_RAY_LOG=str(ray_log),
+        )
+    assert code == 0, out
+    assert not ray_log.exists(), f"an attached launch ran ray: {ray_log.read_text()}"
+    assert f"attaching to the running Ray at {address}" in out, out
+    seen = json.loads((bed.tmp / "trainer.ready").read_text())
+    env = seen["env"]
+    assert env["RAY_ADDRESS"] == address
+    assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("token", token)
+    assert "RAY_AUTH_TOKEN_PATH" not in env
+    assert not (bed.workdir / "run" / "ray_auth_token").exists()
+    assert not any(token in arg for arg in seen["argv"])
+    assert bed.ledger()[-1]["status"] == "completed"
+
+
+def test_attached_launch_refuses_a_bad_address_touching_nothing(bed: Bed) -> None:
+    config = bed.config()
+    code, out = bed.launch(config, "succeed", "--skip-preflight", HVT_RAY_ADDRESS="ray-head")
+    assert code == 2, out
+    assert "HVT_RAY_ADDRESS (--ray-address) is 'ray-head', not host:port" in out, out
+    assert bed.ledger() == [] and not (bed.workdir / "run").exists()
+
+
+def test_attach_waits_then_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch.time, "sleep", lambda _s: None)
+    port = free_port()  # nothing listens there
+    with pytest.raises(launch.LaunchError, match=f"nothing answers at 127.0.0.1:{port} "):
+        launch.attach_ray(f"127.0.0.1:{port}", timeout_s=0.2)
+    assert launch.attach_address("[fd00::1]:6379") == ("fd00::1", 6379)
+    for bad in ("", "head", "head:0", "head:99999", ":6379"):
+        with pytest.raises(launch.LaunchError, match="not host:port"):
+            launch.attach_address(bad)
+
+
+def test_attached_preflight_leaves_out_the_port_rows_only() -> None:
+    rows = [
+        fail("ports.ray", "port 6379 (Ray GCS) is in use", "stop it"),
+        fail("ports.litellm", "port 8002 (LiteLLM) is in use", "stop it"),
+        fail("gpu.foreign", "GPUs in use by another job", "wait"),
+        ok("backend.kubernetes", "API reachable"),
+    ]
+    names = [r.name for r in launch.relevant_preflight(rows, cpu=False, attached=True)]
+    assert names == ["gpu.foreign", "backend.kubernetes"]
+    assert launch.relevant_preflight(rows, cpu=False, attached=False) == rows
+    names = [r.name for r in launch.relevant_preflight(rows, cpu=True, attached=False)]
+    assert names == ["ports.ray", "ports.litellm", "backend.kubernetes"]

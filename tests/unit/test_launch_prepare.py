@@ -22,7 +22,10 @@ from hvt.run import launch
 def test_the_launch_command_hands_over_the_smoke_preparation_only_with_cpu_smoke(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def fake_run(config_file: Path, *, cpu: bool, skip_preflight: bool, prepare: Any) -> int:
+    def fake_run(
+        config_file: Path, *, cpu: bool, skip_preflight: bool, prepare: Any, ray_address: str
+    ) -> int:
+        assert ray_address == ""  # no --ray-address: launch starts its own Ray head
         seen.append((cpu, prepare))
         return 0
 

@@ -26,6 +26,7 @@ PARTS = (
     "preflight",
     "run",
     "sandbox",
+    "kuberay",
     "smoke",
     "commands",
 )
@@ -50,6 +51,7 @@ ALL_PARTS = {
     "preflight",
     "run",
     "sandbox",
+    "kuberay",
     "smoke",
 }
 # part -> the parts it may import (besides itself).
@@ -65,6 +67,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "run": {"config", "preflight", "proxy", "repos"} | LEAF,
     # Harbor trials as the agent loop runs them, from the operator's side (hvt sandbox)
     "sandbox": {"config", "preflight", "run"} | LEAF | {"verl_patch", "harbor_patch"},
+    # the run on Kubernetes: the config as KubeRay objects (launch's attach setting from run)
+    "kuberay": {"config", "run"} | LEAF,
     "smoke": ALL_PARTS - {"smoke"} | LEAF | {"verl_patch", "harbor_patch"},
     "commands": ALL_PARTS | LEAF | {"root"},  # the command line: the only importer of smoke
     "cli": {"commands", "root"},

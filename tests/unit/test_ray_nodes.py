@@ -280,3 +280,30 @@ def test_the_lost_nodes_are_read_without_rays_own_lines() -> None:
         f"{ray_nodes.LOST_PREFIX}trainer-1 (172.21.0.6): health check failed\n"
     )
     assert ray_nodes.lost_lines(output) == ["trainer-1 (172.21.0.6): health check failed"]
+
+
+def test_hvt_nodes_prefers_the_token_in_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KubeRay gives every Ray container RAY_AUTH_TOKEN; a run token file left in the shared
+    run directory (an earlier run on hosts) must not override it. Without one, the file."""
+    import os
+    from unittest import mock
+
+    import ray
+
+    from hvt.run import nodes_cli, ray_auth
+
+    state = tmp_path / "run"
+    ray_auth.settings(state)  # the run's token file exists
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr(nodes_cli.worker, "port_answers", lambda _host, _port: "")
+    monkeypatch.setattr(ray, "init", lambda **_kw: seen.append(dict(os.environ)))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    with mock.patch.dict(os.environ, {**clean, "RAY_AUTH_TOKEN": "from-kuberay"}, clear=True):
+        nodes_cli._connect("127.0.0.1:6379", state)
+    with mock.patch.dict(os.environ, clean, clear=True):
+        nodes_cli._connect("127.0.0.1:6379", state)
+    assert "RAY_AUTH_TOKEN_PATH" not in seen[0]
+    assert seen[1]["RAY_AUTH_TOKEN_PATH"] == str(ray_auth.token_path(state))
+    assert seen[1]["RAY_AUTH_MODE"] == "token"

@@ -121,6 +121,24 @@ def test_settings_carry_the_mode_and_the_proxy_host() -> None:
     assert sandbox_network_policy(settings) == SandboxNetworkPolicy("proxy-only", PROXY)
 
 
+def test_a_node_with_its_own_proxy_sends_its_trials_there() -> None:
+    """One proxy per node: a worker host's HVT_NODE_PROXY_URL (its own environment; the
+    head's HVT_PROXY_URL is forwarded to every node) wins for the agent, the sandbox's egress
+    and the allowlist; the head, without one, keeps its proxy."""
+    from hvt.run.verl_command import FORWARDED_ENV
+    from verl_patch.rollout_settings import NODE_PROXY_URL_ENV
+
+    cfg = RunConfig.model_validate(filled_config())
+    head = {"HVT_TRIALS_DIR": "/t", "HVT_PROXY_URL": "http://10.0.0.2:8002"}
+    node = {**head, NODE_PROXY_URL_ENV: "http://10.0.0.3:8002"}
+    assert RolloutSettings.from_run_config(cfg, head).env_kwargs["proxy_url"].endswith(".2:8002")
+    settings = RolloutSettings.from_run_config(cfg, node)
+    assert settings.env_kwargs["proxy_url"] == "http://10.0.0.3:8002"
+    assert settings.proxy_url == "http://10.0.0.3:8002"
+    assert sandbox_network_policy(settings) == SandboxNetworkPolicy("proxy-only", "10.0.0.3")
+    assert NODE_PROXY_URL_ENV not in FORWARDED_ENV  # the head's would reach every node
+
+
 # -- the compose overlay ---------------------------------------------------------------------
 
 

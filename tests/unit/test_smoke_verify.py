@@ -204,14 +204,23 @@ HEAD_LOG = "\n".join(
 )
 
 
-def _two_node_run(tmp_path: Path, reason: str, both_ranks: bool = True) -> Path:
+def _two_node_run(
+    tmp_path: Path,
+    reason: str,
+    both_ranks: bool = True,
+    proxies: tuple[list[str], list[str]] = (["trainer-0"], ["trainer-1"]),
+) -> Path:
     run = _run_dir(tmp_path, "", [], [])
     trials = run / "harbor_trials" / PROJECT / EXP
-    for trial, base in (("t1", "172.29.0.4:43249"), ("t2", "172.29.0.9:40002")):
+    for trial, base, names in zip(
+        ("t1", "t2"), ("172.29.0.4:43249", "172.29.0.9:40002"), proxies, strict=True
+    ):
         path = trials / "step_0001" / trial / "proxy" / "litellm-trajectory.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"deployment": {"model": "vllm_model", "api_base": f"http://{base}/v1"}}
-        path.write_text(json.dumps(record) + "\n")
+        deployment = {"model": "vllm_model", "api_base": f"http://{base}/v1"}
+        path.write_text(
+            "".join(json.dumps({"proxy": n, "deployment": deployment}) + "\n" for n in names)
+        )
     actor = run / "checkpoints" / PROJECT / EXP / "global_step_2" / "actor"
     actor.mkdir(parents=True)
     for rank in (0, 1) if both_ranks else (0,):
@@ -241,6 +250,9 @@ def test_two_nodes_joined_served_checkpointed_and_the_lost_one_is_on_record(
     # the last discovery line: the worker came back at a new address
     assert "172.29.0.9:40002 on trainer-1" in checks["nodes: a replica on each"].detail
     assert checks["nodes: calls served on each"].detail == "trainer-0: 1 calls, trainer-1: 1 calls"
+    assert checks["nodes: a proxy on each"].detail == (
+        "trainer-0's proxy: 1 calls, trainer-1's proxy: 1 calls"
+    )
     assert "ranks ['0', '1']" in checks["nodes: shared checkpoint"].detail
     assert "run_001 failed, 42 s after the node stopped: lost trainer node(s): trainer-1" in (
         checks["nodes: lost node"].detail
@@ -262,9 +274,42 @@ def test_a_failure_that_names_no_node_or_a_missing_rank_fails_the_checks(tmp_pat
     assert not checks["nodes: shared checkpoint"].ok
 
 
+@pytest.mark.parametrize(
+    ("proxies", "said"),
+    [
+        ((["trainer-0"], ["trainer-0"]), "trainer-0's proxy: 2 calls"),  # the node's proxy idle
+        ((["trainer-0"], ["trainer-1", "trainer-0"]), "trainer-0's proxy: 2 calls, trainer-1's"),
+    ],
+)
+def test_a_node_whose_proxy_served_nothing_or_a_trial_on_two_proxies_fails(
+    tmp_path: Path, proxies: tuple[list[str], list[str]], said: str
+) -> None:
+    run = _two_node_run(tmp_path, "lost trainer node(s): trainer-1", proxies=proxies)
+    check = {
+        c.name: c
+        for c in verify_nodes.verify_nodes(
+            run, PROJECT, EXP, HEAD_LOG, ["trainer-0", "trainer-1"], "trainer-1", None
+        )
+    }["nodes: a proxy on each"]
+    assert not check.ok and check.detail.startswith(said), check.detail
+    if len(proxies[1]) > 1:
+        assert "trials served by two proxies: t2 (trainer-0, trainer-1)" in check.detail
+
+
 def test_two_nodes_run_one_async_experiment() -> None:
     from typer.testing import CliRunner
 
     result = CliRunner().invoke(cli.app, ["stack", "--nodes", "2", "--mode", "sync"])
     assert result.exit_code == 2
     assert "--nodes 2 runs one colocate_async experiment (config/smoke-2node.yaml)" in result.output
+
+
+def test_the_last_lines_name_each_broken_check(tmp_path: Path) -> None:
+    from hvt.smoke import report
+
+    broken = [verify.Check("async: carry-over", False, "no group outlived the step")]
+    lines = report.verdict_lines(broken, 1, tmp_path)
+    assert lines[0].startswith("hvt smoke: FAILED, exit 1")
+    assert lines[-1] == "hvt smoke: BROKEN async: carry-over: no group outlived the step"
+    assert "no check failed" in report.verdict_lines([], 2, tmp_path)[-1]
+    assert report.verdict_lines([], 0, tmp_path)[0].startswith("hvt smoke: PASSED")

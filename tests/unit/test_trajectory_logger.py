@@ -325,6 +325,7 @@ def test_anthropic_call_becomes_an_openai_shaped_record_with_tokens() -> None:
     assert req["params"] == {"max_tokens": 64, "stop": ["END"]}
     assert req["headers"]["x-api-key"] == "[REDACTED]"
     assert record["trial_dir"] == "step_0001/trial-a"
+    assert record["proxy"] == trajectory_record.proxy_name()  # which proxy logged it
     assert record["tokens"] == {
         "prompt_token_ids": [1, 2, 3, 4, 5, 6, 7],
         "choices": [
@@ -574,3 +575,17 @@ def test_an_aborted_streams_record_knows_its_route(url: str, call_type: str) -> 
 
     kwargs = stream_kwargs({"proxy_server_request": {"url": url}}, [])
     assert kwargs["call_type"] == call_type
+
+
+def test_the_record_names_the_proxy_that_logged_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several hosts, one proxy per node: the node's name (compose sets HVT_PROXY_NAME), else
+    the container's host name."""
+    import socket
+
+    trajectory_record.proxy_name.cache_clear()
+    monkeypatch.setenv(trajectory_record.PROXY_NAME_ENV, "gpu2")
+    assert trajectory_record.proxy_name() == "gpu2"
+    trajectory_record.proxy_name.cache_clear()
+    monkeypatch.setenv(trajectory_record.PROXY_NAME_ENV, " ")
+    assert trajectory_record.proxy_name() == socket.gethostname()
+    trajectory_record.proxy_name.cache_clear()

@@ -249,3 +249,12 @@ def test_colocate_async_is_the_sync_command_plus_its_knobs() -> None:
         "trainer.v1.trainer_mode=sync",
         "trainer.v1.sampler.custom_sampler.name=HarborReplayBuffer",
     }
+
+
+def test_cpu_mode_runs_one_agent_loop_worker_per_node() -> None:
+    """verl places agent-loop workers round-robin over the nodes: with one per node, every
+    node starts trials, and a worker node's trials call its own proxy (HVT_NODE_PROXY_URL)."""
+    for nnodes in (1, 2):
+        key = "runtime_info.input.infrastructure.nnodes"
+        cpu = command(_cfg(**{key: nnodes}), replace(SPEC, cpu=True), ENV)
+        assert f"actor_rollout_ref.rollout.agent.num_workers={nnodes}" in cpu

@@ -48,6 +48,15 @@ def launch(
     skip_preflight: Annotated[
         bool, typer.Option("--skip-preflight", help="start without `hvt dryrun` (not recommended)")
     ] = False,
+    ray_address: Annotated[
+        str,
+        typer.Option(
+            "--ray-address",
+            envvar=launch_run.ATTACH_ENV,
+            help="attach to the Ray cluster running at host:port (KubeRay's head: `hvt kuberay "
+            "render` sets it) instead of starting a head; token auth from the environment",
+        ),
+    ] = "",
 ) -> None:
     """Start a run: preflight, Ray, discovery, verl main_ppo; record it on exit."""
     raise typer.Exit(
@@ -56,6 +65,7 @@ def launch(
             cpu=cpu or cpu_smoke,
             skip_preflight=skip_preflight,
             prepare=_smoke_inputs if cpu_smoke else None,
+            ray_address=ray_address,
         )
     )
 

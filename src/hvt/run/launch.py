@@ -6,6 +6,13 @@ refused) -> name the experiment (persisted, so a restart resumes from the latest
 the LiteLLM config the proxy service watches) -> run verl main_ppo with logs/<exp>.log and a
 throughput-only logs/<exp>_vllm.log -> on exit, append the run record and stop what it started.
 
+Attached (--ray-address / HVT_RAY_ADDRESS; KubeRay, `hvt kuberay render`): Ray is already
+running (the operator started the head and the workers, and this launch is the RayJob's
+entrypoint on the head), so launch starts no head: every client it starts gets RAY_ADDRESS =
+that address and the token auth of the environment (the operator's RAY_AUTH_MODE and
+RAY_AUTH_TOKEN); no token file is made. The preflight's port checks are left out there: the
+pod's ports belong to the operator's Ray and the proxy container beside it.
+
 CPU mode (--cpu; `make smoke`) runs the same main_ppo command plus
 `verl_command.CPU_OVERRIDES`, with `verl_command.CPU_ENV` set (verl_patch.cpu: the CPU platform
 and rollout replica) and a Ray head that advertises `ngpus_per_node` logical GPUs.
@@ -39,10 +46,10 @@ from hvt.config.bundle import bundle_root
 from hvt.config.load import load_or_say
 from hvt.config.model import RunConfig
 from hvt.config.run_paths import RunPaths
-from hvt.preflight.check import Status, render_table
+from hvt.preflight.check import Check, Status, render_table
 from hvt.preflight.dryrun import preflight
 from hvt.proxy import litellm_config
-from hvt.run import clean, ray_auth, ray_start, verl_command
+from hvt.run import clean, ray_auth, ray_start, verl_command, worker
 from hvt.run import records as run_records
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -57,6 +64,10 @@ THROUGHPUT = re.compile(
 # after a failed multi-node run, how long to look for the node it lost: Ray marks a silent node
 # dead after its health checks fail (5 x (3 s + a 10 s timeout) by default)
 LOST_WITHIN_S = 90
+# an attached launch's Ray (KubeRay's head): the RayJob's entrypoint runs once the cluster is
+# up, so this is slack for a port that answers at once
+ATTACH_ENV = "HVT_RAY_ADDRESS"
+ATTACH_WAIT_S = 60.0
 
 
 class LaunchError(Exception):
@@ -177,6 +188,48 @@ def start_ray(cfg: RunConfig, paths: RunPaths, env: dict[str, str], cpu: bool) -
     console.print(f"[cyan]ray[/] up in {time.monotonic() - started:.1f} s")
 
 
+def attach_address(text: str) -> tuple[str, int]:
+    """(host, port) of the running Ray an attached launch joins; LaunchError if not host:port."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LaunchError(
+            f"{ATTACH_ENV} (--ray-address) is {text!r}, not host:port of a running Ray head's "
+            "GCS (e.g. 10.0.0.10:6379); unset it to let launch start its own head"
+        )
+    return host.strip("[]"), int(port)
+
+
+def attach_ray(address: str, timeout_s: float = ATTACH_WAIT_S) -> None:
+    """Use the Ray cluster already at `address` (KubeRay's head): wait until it answers."""
+    host, port = attach_address(address)
+    auth = os.environ.get("RAY_AUTH_MODE", "") or "off"
+    console.print(
+        f"[cyan]ray[/] attaching to the running Ray at {address} ({ATTACH_ENV}; token auth "
+        f"{auth}, from the environment); no head is started"
+    )
+    started = time.monotonic()
+    while why := worker.port_answers(host, port):
+        if time.monotonic() - started >= timeout_s:
+            raise LaunchError(
+                f"nothing answers at {address} ({ATTACH_ENV}) after {timeout_s:.0f} s ({why}). "
+                f"Under KubeRay the head container sets {ATTACH_ENV} to its pod address and "
+                f"rayStartParams.port (hvt kuberay render); elsewhere unset {ATTACH_ENV} so "
+                "that launch starts its own head"
+            )
+        time.sleep(2.0)
+
+
+def relevant_preflight(results: list[Check], *, cpu: bool, attached: bool) -> list[Check]:
+    """The preflight rows that apply to this launch: CPU mode has no GPU and no vLLM by design;
+    an attached launch's ports are held by the running Ray (and, in the KubeRay head pod, by
+    the proxy container beside it), not by anything this launch would start."""
+    if cpu:
+        results = [r for r in results if not r.name.startswith(("gpu.", "model.kv"))]
+    if attached:
+        results = [r for r in results if not r.name.startswith("ports.")]
+    return results
+
+
 def trainer_command(
     cfg: RunConfig,
     paths: RunPaths,
@@ -197,19 +250,26 @@ def run(
     cpu: bool,
     skip_preflight: bool,
     prepare: Callable[[RunConfig], str] | None = None,
+    ray_address: str = "",
 ) -> int:
     """One run, start to record. `prepare` runs before the preflight (--cpu-smoke: the
-    smoke's tiny model and task index, from hvt.commands.run) and says what it made."""
+    smoke's tiny model and task index, from hvt.commands.run) and says what it made.
+    `ray_address`: attach to that running Ray instead of starting a head (KubeRay)."""
     cfg = load_or_say(config_file, lambda line: console.print(f"[red]{escape(line)}[/]"))
     if cfg is None:
         return 2
+    if ray_address:
+        try:
+            attach_address(ray_address)
+        except LaunchError as exc:  # refused before anything started
+            console.print(f"[bold red]hvt launch: {exc}[/]")
+            return 2
     paths = RunPaths.from_config(cfg)
     if prepare is not None:  # the smoke makes its own model and task index: checked next
         console.print(f"[cyan]smoke[/] {prepare(cfg)}")
     if not skip_preflight:
         results, _ = preflight(config_file)
-        if cpu:  # no GPU and no vLLM by design in CPU mode
-            results = [r for r in results if not r.name.startswith(("gpu.", "model.kv"))]
+        results = relevant_preflight(results, cpu=cpu, attached=bool(ray_address))
         if any(r.status is Status.FAIL for r in results):
             render_table(results, console)
             console.print(
@@ -222,10 +282,17 @@ def run(
         console.print(f"[bold red]hvt launch: {exc}[/]")
         return 1
     with lock:
-        return _held_run(cfg, paths, lock, config_file, cpu)
+        return _held_run(cfg, paths, lock, config_file, cpu, ray_address)
 
 
-def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path, cpu: bool) -> int:
+def _held_run(
+    cfg: RunConfig,
+    paths: RunPaths,
+    lock: RunLock,
+    config_file: Path,
+    cpu: bool,
+    ray_address: str = "",
+) -> int:
     """A run under the workdir's lock: the only path that names the experiment, stops this
     bundle's processes, appends to the ledger and drops current_exp. A launch refused before
     the lock (preflight, lock held) never gets here."""
@@ -244,9 +311,11 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
                 "HVT_TRIALS_DIR": str(paths.project_trials / exp),
                 # the node's cluster address where it has one (several hosts): a driver finds
                 # its own node by the address it reaches the head at
-                "RAY_ADDRESS": f"{os.environ.get('HVT_NODE_IP') or '127.0.0.1'}:"
+                "RAY_ADDRESS": ray_address
+                or f"{os.environ.get('HVT_NODE_IP') or '127.0.0.1'}:"
                 f"{cfg.inputs.infrastructure.ray_port}",
-                **ray_auth.settings(paths.state),
+                # attached: the running cluster's token auth, as the environment has it
+                **({} if ray_address else ray_auth.settings(paths.state)),
                 "TENSORBOARD_DIR": str(paths.workdir / "tensorboard" / paths.project / exp),
                 "WANDB_MODE": cfg.inputs.credentials.wandb_mode,
                 "WANDB_DIR": str(paths.wandb),
@@ -257,7 +326,7 @@ def _held_run(cfg: RunConfig, paths: RunPaths, lock: RunLock, config_file: Path,
         console.print(config_summary.render(cfg), markup=False)
         console.print(f"[bold]exp={exp}[/]  log {paths.logs / (exp + '.log')}")
         _reap_orphans(cfg)  # what a run killed here before (SIGKILL, a lost container) left
-        code, reason = _train(cfg, paths, exp, config_file, env, cpu)
+        code, reason = _train(cfg, paths, exp, config_file, env, cpu, ray_address)
     except LaunchError as exc:
         console.print(f"[bold red]hvt launch: {exc}[/]")
     except KeyboardInterrupt:  # SIGINT before the trainer's signal forwarding was in place
@@ -285,10 +354,15 @@ def _train(
     config_file: Path,
     env: dict[str, str],
     cpu: bool,
+    ray_address: str = "",
 ) -> tuple[int, str]:
-    """Ray head, the other nodes, discovery, then the trainer to its end: the trainer's exit
-    code, and why it failed where that is known (the trainer node the cluster lost)."""
-    start_ray(cfg, paths, env, cpu)
+    """Ray head (or the running Ray it attaches to), the other nodes, discovery, then the
+    trainer to its end: the trainer's exit code, and why it failed where that is known (the
+    trainer node the cluster lost)."""
+    if ray_address:
+        attach_ray(ray_address)
+    else:
+        start_ray(cfg, paths, env, cpu)
     if cfg.inputs.infrastructure.nnodes > 1:
         wait_for_nodes(config_file, env)
     discovery = subprocess.Popen(

@@ -40,7 +40,9 @@ def _connect(address: str, state: Path) -> None:
         )
         raise typer.Exit(2)
     token = ray_auth.token_path(state)
-    if token.is_file():
+    # the run's token file (this bundle's own head); a token in the environment wins (KubeRay
+    # gives every Ray container RAY_AUTH_TOKEN from its Secret)
+    if token.is_file() and not os.environ.get("RAY_AUTH_TOKEN"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token))
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)

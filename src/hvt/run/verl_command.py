@@ -65,6 +65,7 @@ FORWARDED_ENV = (
 # verl_patch.cpu (loaded through verl_patch.cpu.ENV) patches the rest; the Ray head advertises
 # `ngpus_per_node` logical GPUs (hvt.run.launch.start_ray). Golden-tested: the CPU command is
 # the GPU command with exactly these keys changed or added.
+AGENT_WORKERS_KEY = "actor_rollout_ref.rollout.agent.num_workers"
 CPU_OVERRIDES: dict[str, Any] = {
     "actor_rollout_ref.rollout.name": "hvt_cpu",  # verl_patch.cpu.replica, not vLLM
     "actor_rollout_ref.model.use_remove_padding": False,  # needs flash-attn varlen kernels
@@ -81,9 +82,11 @@ CPU_OVERRIDES: dict[str, Any] = {
     # small CPU host), and verl's defaults start 8 reward workers and 8 TransferQueue units
     "reward.num_workers": 1,
     "transfer_queue.backend.SimpleStorage.num_data_storage_units": 1,
-    # one agent-loop worker: it runs all of a step's trials at once (asyncio), while
-    # harbor_runtime.num_workers still caps how many trials run together
-    "actor_rollout_ref.rollout.agent.num_workers": 1,
+    # one agent-loop worker per node (with_cpu_overrides): it runs all of its node's trials at
+    # once (asyncio), while harbor_runtime.num_workers still caps how many trials run together;
+    # verl places them round-robin over the nodes, so every node starts trials (and its trials
+    # call its own proxy, HVT_NODE_PROXY_URL)
+    AGENT_WORKERS_KEY: 1,
     "data.dataloader_num_workers": 0,  # the tiny dataset loads in the TaskRunner itself
 }
 # ... and for presets with a critic (PPO)
@@ -286,15 +289,19 @@ def overrides(
             ("trainer.v1.sampler.max_off_policy_strategy", t.max_off_policy_strategy),
         ]
     if spec.cpu:
-        pairs = with_cpu_overrides(pairs, preset.needs_critic)
+        pairs = with_cpu_overrides(pairs, preset.needs_critic, i.infrastructure.nnodes)
     for key, value in sorted((env or {}).items()):
         pairs.append((f"++ray_kwargs.ray_init.runtime_env.env_vars.{key}", Text(value)))
     return [f"{k}={_fmt(v)}" for k, v in pairs]
 
 
-def with_cpu_overrides(pairs: list[tuple[str, Any]], critic: bool) -> list[tuple[str, Any]]:
-    """Replace the keys CPU mode changes in place; append the ones it adds, in a stable order."""
+def with_cpu_overrides(
+    pairs: list[tuple[str, Any]], critic: bool, nnodes: int = 1
+) -> list[tuple[str, Any]]:
+    """Replace the keys CPU mode changes in place; append the ones it adds, in a stable order.
+    Its agent-loop workers: one per node."""
     changes = {**CPU_OVERRIDES, **(CPU_CRITIC_OVERRIDES if critic else {})}
+    changes[AGENT_WORKERS_KEY] = CPU_OVERRIDES[AGENT_WORKERS_KEY] * nnodes
     out = [(k, changes.pop(k, v)) for k, v in pairs]
     return out + list(changes.items())
 

@@ -64,6 +64,7 @@ SMOKE_CONFIG = "config/smoke.yaml"  # training.mode sync; the fleet and tasks of
 ASYNC_CONFIG = "config/smoke-async.yaml"  # the same, training.mode colocate_async
 TWO_NODE_CONFIG = "config/smoke-2node.yaml"  # colocate_async on two trainer nodes (--nodes 2)
 WORKER = "worker"  # compose.cpu.yaml: the second trainer node (profile worker)
+NODE_PROXY = "node-proxy"  # its own LiteLLM proxy (profile worker): one proxy per node
 LOSS_WAIT_S = 15 * 60  # how long a run may take to notice its lost node and exit
 RESTART_AFTER = 2  # steps of the last experiment's first launch; the resumed one runs the rest
 RUN_WAIT_S = 45 * 60
@@ -173,7 +174,9 @@ def _checkpointed(data: Path, project_name: str) -> int:
 
 
 def _dashboard_tags(root: Path, env: dict[str, str], port: int) -> dict[str, int] | None:
-    """TensorBoard's scalar series, from the dashboard service's HTTP API."""
+    """TensorBoard's scalar series, from the dashboard service's HTTP API, once it serves every
+    series the smoke requires (it loads event files in the background: an early answer holds
+    only part of them), else what it served last."""
     up = subprocess.run(
         _compose(root, env, "--profile", "dashboard", "up", "-d", "dashboard"), env=env, check=False
     )
@@ -181,17 +184,18 @@ def _dashboard_tags(root: Path, env: dict[str, str], port: int) -> dict[str, int
         return None
     deadline = time.monotonic() + 180
     last = ""
+    tags: dict[str, int] = {}
     while time.monotonic() < deadline:
         try:
             tags = verify.tensorboard_tags(f"http://127.0.0.1:{port}")
-            if tags:
+            if verify.tensorboard_check(tags).ok:
                 return tags
-            last = "no scalars yet"
+            last = f"{len(tags)} scalar series so far"
         except OSError as exc:
             last = str(exc)
         time.sleep(3)
-    typer.echo(f"hvt smoke: TensorBoard did not answer on 127.0.0.1:{port} ({last})", err=True)
-    return {}
+    typer.echo(f"hvt smoke: TensorBoard on 127.0.0.1:{port} after 180 s: {last}", err=True)
+    return tags
 
 
 SCREENSHOT_IMAGE = "local/chromium:bookworm"  # make testbed (tests/testbed/chromium.Dockerfile)
@@ -272,10 +276,11 @@ def _run_and_resume(
     project: str,
     data: Path,
     project_name: str,
-    lose: str = "",
+    lose: tuple[str, ...] = (),
 ) -> tuple[int, float | None]:
     """Follow the trainer; after global_step_{RESTART_AFTER}, restart it, or (`lose`: a node's
-    service) stop that node as a host that died, wait for the run to fail, and start both again.
+    services) stop that node as a host that died, wait for the run to fail, and start it and
+    the trainer again.
     The last exit code, and how long the run took to notice the lost node."""
     follower = _follow(root, env)
     started = time.monotonic()
@@ -306,25 +311,29 @@ def _run_and_resume(
             )
             trainer.restart(timeout=120)
         else:
-            node = _service(client, project, lose)
+            host = [_service(client, project, name) for name in lose]
             typer.echo(
                 f"hvt smoke: global_step_{RESTART_AFTER} written after {done:.0f} s; stopping "
-                f"the {lose} node as a host that died (SIGKILL); the run must fail naming it"
+                f"the second node ({', '.join(lose)}) as a host that died (SIGKILL); the run "
+                "must fail naming it"
             )
-            node.kill()
+            for service in host:
+                service.kill()
             lost_at = time.monotonic()
             try:
                 code = int(trainer.wait(timeout=LOSS_WAIT_S)["StatusCode"])
             except Exception as exc:  # requests' ReadTimeout: the run never noticed
                 typer.echo(f"hvt smoke: the run did not stop in {LOSS_WAIT_S // 60} min after "
-                           f"losing {lose} ({exc})", err=True)  # fmt: skip
+                           f"losing {lose[0]} ({exc})", err=True)  # fmt: skip
                 return 1, None
             noticed = time.monotonic() - lost_at
             typer.echo(
                 f"hvt smoke: the trainer exited {code} {noticed:.0f} s after the node stopped; "
-                f"starting {lose} again, then the trainer (it must wait for it and resume)"
+                f"starting {', '.join(lose)} again, then the trainer (it must wait for the node "
+                "and resume)"
             )
-            node.start()
+            for service in host:
+                service.start()
             trainer.start()
     finally:
         follower.terminate()
@@ -362,7 +371,7 @@ def _train(
         if up.returncode != 0:
             return up.returncode, None
         if last:
-            lose = WORKER if nodes > 1 else ""
+            lose = (WORKER, NODE_PROXY) if nodes > 1 else ()
             return _run_and_resume(root, env, client, project, data, project_name, lose)
         code = _run_to_end(root, env, client, project)
         if code != 0:
@@ -552,6 +561,7 @@ def stack(
         else 1
     )
     noticed: float | None = None
+    broken: list[verify.Check] = []
     if code == 0:
         code, noticed = _train(root, env, client, project, data, project_name, modes, nodes)
         if code != 0:
@@ -588,7 +598,8 @@ def stack(
             )
         )
         typer.echo(f"hvt smoke: summary {data / 'smoke-summary.json'}")
-        code = 0 if all(c.ok for c in checks) else 1
+        broken = [c for c in checks if not c.ok]
+        code = 0 if not broken else 1
     if not keep:
         # --profile replaces COMPOSE_PROFILES: name the worker's too (two nodes)
         profiles = ["--profile", "dashboard"] + (["--profile", WORKER] if nodes > 1 else [])
@@ -606,4 +617,7 @@ def stack(
         if leftovers:
             typer.echo(f"hvt smoke: {len(leftovers)} container(s) left behind", err=True)
             code = code or 1
+    # the verdict again after the teardown's lines: a log's tail (CI's) names what broke
+    for line in report.verdict_lines(broken, code, data):
+        typer.echo(line, err=code != 0)
     raise typer.Exit(code)

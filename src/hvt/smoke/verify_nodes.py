@@ -6,6 +6,7 @@ shared run directory:
 
 - every launch waited for both nodes, and how long the second took to join;
 - discovery found a replica on each node, and each node's replica served the trials' calls;
+- each node's own proxy logged calls (one proxy per node), and no trial's calls went through two;
 - the worker node's FSDP rank wrote its checkpoint shards into the shared directory;
 - stopping the worker node failed the run with a record naming that node; the next launch,
   once the node was back, resumed (the resume itself is verify.verify's check).
@@ -61,6 +62,25 @@ def calls_by_node(trials: Path, replicas: dict[str, str]) -> Counter[str]:
     return out
 
 
+def calls_by_proxy(trials: Path) -> tuple[Counter[str], list[str]]:
+    """The logged calls by the proxy that logged them (each record's `proxy`), and the trials
+    whose calls went through more than one proxy (a sandbox knows only its node's)."""
+    out: Counter[str] = Counter()
+    mixed: list[str] = []
+    for path in trials.glob(f"*/*/proxy/{TRAJECTORY}"):
+        seen: set[str] = set()
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                name = str(json.loads(line).get("proxy") or "unnamed")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            out[name] += 1
+            seen.add(name)
+        if len(seen) > 1:
+            mixed.append(f"{path.parents[1].name} ({', '.join(sorted(seen))})")
+    return out, mixed
+
+
 def verify_nodes(
     workdir: Path,
     project: str,
@@ -99,6 +119,17 @@ def verify_nodes(
             "nodes: calls served on each",
             all(calls[n] for n in nodes),
             ", ".join(f"{n}: {c} calls" for n, c in sorted(calls.items())) or "no logged calls",
+        )
+    )
+    proxies, mixed = calls_by_proxy(paths.project_trials / exp)
+    checks.append(
+        Check(
+            "nodes: a proxy on each",
+            all(proxies[n] for n in nodes) and not mixed,
+            ", ".join(f"{n}'s proxy: {c} calls" for n, c in sorted(proxies.items()))
+            + (f"; trials served by two proxies: {', '.join(mixed[:3])}" if mixed else "")
+            if proxies
+            else "no logged calls",
         )
     )
     ckpt = paths.checkpoints / project / exp

@@ -10,8 +10,11 @@ message content is never altered.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +25,8 @@ SCHEMA = "hvt.trajectory/1"
 WEIGHT_VERSION_HEADER = "x-hvt-weight-version"
 WEIGHT_VERSION_FIELD = "weight_version"
 REDACTED = "[REDACTED]"
+# which proxy logged the call (several hosts: one proxy per node, compose sets the node's name)
+PROXY_NAME_ENV = "HVT_PROXY_NAME"
 SECRET_KEYS = {
     "api_key",
     "apikey",
@@ -382,6 +387,12 @@ def failure_section(kwargs: Mapping[str, Any], response_obj: Any) -> dict[str, A
     }
 
 
+@functools.cache
+def proxy_name() -> str:
+    """This proxy's name in each record: HVT_PROXY_NAME, else the host (container) name."""
+    return os.environ.get(PROXY_NAME_ENV, "").strip() or socket.gethostname()
+
+
 def build(
     kwargs: Mapping[str, Any],
     response_obj: Any,
@@ -400,6 +411,7 @@ def build(
         "litellm_call_id": kwargs.get("litellm_call_id"),
         "call_type": kwargs.get("call_type"),
         "trial_dir": headers.get("x-harbor-trial-dir"),
+        "proxy": proxy_name(),
         "request_time": int(start_ms) if start_ms is not None else None,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "duration_ms": round(end_ms - start_ms, 3) if start_ms and end_ms else None,
