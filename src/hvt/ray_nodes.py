@@ -148,6 +148,12 @@ def lost(nodes: Sequence[Node]) -> list[Node]:
     return sorted(gone.values())
 
 
+def lost_since(alive_ids: set[str], nodes: Sequence[Node]) -> list[Node]:
+    """The lost nodes (see `lost`) among those alive at a start (their NodeIDs): a watch over a
+    run ignores what died before it (a pod KubeRay replaced before the job began)."""
+    return [n for n in lost(nodes) if n.node_id in alive_ids]
+
+
 def lost_lines(output: str) -> list[str]:
     """The lost nodes `hvt nodes --lost` printed (`name (ip): reason`), without Ray's own lines."""
     return [

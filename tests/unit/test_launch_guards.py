@@ -439,3 +439,41 @@ def test_attached_preflight_leaves_out_the_port_rows_only() -> None:
     assert launch.relevant_preflight(rows, cpu=False, attached=False) == rows
     names = [r.name for r in launch.relevant_preflight(rows, cpu=True, attached=False)]
     assert names == ["ports.ray", "ports.litellm", "backend.kubernetes"]
+
+
+def _sh(script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+def test_a_lost_node_stops_a_trainer_that_would_hang_and_names_it() -> None:
+    """Several nodes: the watcher (`hvt nodes --lost --watch`) names a lost node; the launch
+    stops the trainer (SIGINT; SIGKILL when it ignores it) and records why, instead of waiting
+    on a run that hangs on the dead node's actors."""
+    from hvt import ray_nodes
+
+    trainer = _sh("trap 'exit 1' INT; echo ready; sleep 60 & wait")
+    assert trainer.stdout is not None and trainer.stdout.readline() == "ready\n"  # trap set
+    watcher = _sh(
+        f"sleep 0.5; echo 'some Ray line'; echo '{ray_nodes.LOST_PREFIX}gpu2 (10.0.0.11): "
+        f"missed heartbeats'; exit {ray_nodes.EXIT_LOST}"
+    )
+    started = time.monotonic()
+    reason = launch.watch_for_lost_node(trainer, watcher, grace_s=20)
+    assert reason == "lost trainer node(s): gpu2 (10.0.0.11): missed heartbeats"
+    assert trainer.wait(5) == 1 and time.monotonic() - started < 15
+    stubborn = _sh("trap '' INT; echo ready; sleep 60")  # ignores SIGINT: killed after grace
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
+    watcher = _sh(f"echo '{ray_nodes.LOST_PREFIX}gpu2 (10.0.0.11): x'; exit {ray_nodes.EXIT_LOST}")
+    assert launch.watch_for_lost_node(stubborn, watcher, grace_s=1).startswith("lost trainer")
+    assert stubborn.wait(5) == -9
+
+
+def test_a_trainer_that_ends_by_itself_stops_the_watcher_and_a_failed_watcher_is_ignored() -> None:
+    watcher = _sh("sleep 60")
+    assert launch.watch_for_lost_node(_sh("exit 0"), watcher) == ""
+    assert watcher.wait(15) is not None  # terminated, not left behind
+    trainer = _sh("sleep 2; exit 0")
+    assert launch.watch_for_lost_node(trainer, _sh("exit 2")) == ""  # e.g. no Ray head answered
+    assert trainer.returncode == 0

@@ -307,3 +307,15 @@ def test_hvt_nodes_prefers_the_token_in_its_environment(
     assert "RAY_AUTH_TOKEN_PATH" not in seen[0]
     assert seen[1]["RAY_AUTH_TOKEN_PATH"] == str(ray_auth.token_path(state))
     assert seen[1]["RAY_AUTH_MODE"] == "token"
+
+
+def test_a_watch_names_only_the_nodes_that_die_after_it_started() -> None:
+    """`hvt nodes --lost --watch` beside a run: a node dead before it began (a replaced pod) is
+    not this run's loss; one of the nodes alive at its start that dies is."""
+    old = ray_nodes.Node("pod-a", "10.0.0.5", False, 8.0, False, "replaced", "id-old")
+    head = ray_nodes.Node("gpu1", "10.0.0.10", True, 8.0, True, "", "id-head")
+    w = ray_nodes.Node("gpu2", "10.0.0.11", True, 8.0, False, "", "id-w")
+    watched = {n.node_id for n in (old, head, w) if n.alive}
+    assert ray_nodes.lost_since(watched, [old, head, w]) == []
+    died = ray_nodes.Node("gpu2", "10.0.0.11", False, 8.0, False, "missed heartbeats", "id-w")
+    assert ray_nodes.lost_since(watched, [old, head, died]) == [died]

@@ -312,4 +312,6 @@ def test_the_last_lines_name_each_broken_check(tmp_path: Path) -> None:
     assert lines[0].startswith("hvt smoke: FAILED, exit 1")
     assert lines[-1] == "hvt smoke: BROKEN async: carry-over: no group outlived the step"
     assert "no check failed" in report.verdict_lines([], 2, tmp_path)[-1]
+    said = report.verdict_lines([], 1, tmp_path, ["hvt smoke: the run did not stop in 15 min"])
+    assert said[-1] == "hvt smoke: FAILURE the run did not stop in 15 min"
     assert report.verdict_lines([], 0, tmp_path)[0].startswith("hvt smoke: PASSED")

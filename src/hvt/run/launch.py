@@ -24,6 +24,7 @@ is neither written nor removed. Only a launch holding the lock does those (`_hel
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -64,6 +65,7 @@ THROUGHPUT = re.compile(
 # after a failed multi-node run, how long to look for the node it lost: Ray marks a silent node
 # dead after its health checks fail (5 x (3 s + a 10 s timeout) by default)
 LOST_WITHIN_S = 90
+LOST_STOP_GRACE_S = 60.0  # how long a trainer that lost a node may take to stop on SIGINT
 # an attached launch's Ray (KubeRay's head): the RayJob's entrypoint runs once the cluster is
 # up, so this is slack for a port that answers at once
 ATTACH_ENV = "HVT_RAY_ADDRESS"
@@ -384,6 +386,17 @@ def _train(
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
+    watcher = (
+        subprocess.Popen(
+            _nodes_cmd(config_file, "--lost", "--watch"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        if cfg.inputs.infrastructure.nnodes > 1
+        else None
+    )
 
     stopped: list[int] = []
 
@@ -400,14 +413,61 @@ def _train(
         daemon=True,
     )
     reader.start()
+    lost_reason = watch_for_lost_node(proc, watcher)
     code = proc.wait()
     reader.join(timeout=10)
     discovery.terminate()
+    if lost_reason:
+        return code or 1, lost_reason
     if stopped and code != 0:  # main_ppo exits 1 on the forwarded SIGINT: the run was stopped
         return 128 + stopped[0], ""
     if code != 0 and cfg.inputs.infrastructure.nnodes > 1:
         return code, lost_nodes(config_file, env)
     return code, ""
+
+
+def watch_for_lost_node(
+    proc: subprocess.Popen[str],
+    watcher: subprocess.Popen[str] | None,
+    grace_s: float = LOST_STOP_GRACE_S,
+) -> str:
+    """Until the trainer ends: when the watcher (`hvt nodes --lost --watch`) names a lost
+    trainer node, stop the trainer (SIGINT, then SIGKILL after `grace_s`) and return the
+    reason; a run can otherwise hang for many minutes on the dead node's actors (verl's
+    TransferQueue retries a dead storage unit). "" when the trainer ended by itself."""
+    if watcher is None:
+        return ""
+    try:
+        while proc.poll() is None:
+            code = watcher.poll()
+            if code is None:
+                time.sleep(1.0)
+                continue
+            if code != ray_nodes.EXIT_LOST:  # the watcher itself failed: the trainer goes on
+                watcher = None
+                proc.wait()
+                return ""
+            said = watcher.stdout.read() if watcher.stdout else ""
+            reason = f"lost trainer node(s): {'; '.join(ray_nodes.lost_lines(said))}"
+            console.print(
+                f"[bold red]hvt launch: the cluster {reason}; stopping the trainer. Start the "
+                "node's worker service again (docker compose --profile worker up -d on that "
+                "host); the next launch resumes from the latest checkpoint once every node has "
+                "joined[/]"
+            )
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                console.print(f"[red]hvt launch: the trainer ignored SIGINT for {grace_s:.0f} s[/]")
+                proc.kill()
+            return reason
+        return ""
+    finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watcher.wait(10)
 
 
 def _nodes_cmd(config_file: Path, *flags: str) -> list[str]:

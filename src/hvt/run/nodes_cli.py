@@ -1,7 +1,9 @@
 """`hvt nodes`: the run's Ray cluster by node; `--wait` until every trainer node has joined.
 
-The head runs `hvt nodes --wait` before main_ppo (multi-node), and `hvt nodes --lost` after a
-failed run to name the trainer node it lost. Users run plain `hvt nodes` in the trainer
+The head runs `hvt nodes --wait` before main_ppo (multi-node), `hvt nodes --lost --watch` beside
+it (it exits naming the first trainer node the cluster loses, so that the launch stops a run that
+would otherwise hang on the dead node's actors), and `hvt nodes --lost` after a failed run to
+name the trainer node it lost. Users run plain `hvt nodes` in the trainer
 container to see who joined: name, role, address, GPUs, alive or why it died.
 """
 
@@ -25,6 +27,7 @@ from hvt.config.load import load_or_say
 from hvt.config.run_paths import RunPaths
 from hvt.run import node_checks, ray_auth, worker
 
+WATCH_POLL_S = 5.0
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
@@ -91,6 +94,14 @@ def nodes(
             "silent node dead after its health checks fail: about a minute)"
         ),
     ] = 0.0,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="--lost: keep looking (every 5 s) until a node is lost, however long; what "
+            "hvt launch runs beside a multi-node trainer",
+        ),
+    ] = False,
 ) -> None:
     """The trainer nodes of this run's Ray cluster (exit 3 with --lost when one is gone)."""
     cfg = load_or_say(
@@ -118,7 +129,14 @@ def nodes(
         raise typer.Exit(_checks([n for n in found if n.alive], i.ngpus_per_node, paths))
     if lost:
         deadline = time.monotonic() + within
-        gone = ray_nodes.lost(found)
+        if watch:  # only what dies from now on, however long that takes
+            watched = {n.node_id for n in found if n.alive}
+            gone: list[ray_nodes.Node] = []
+            while not gone:
+                time.sleep(WATCH_POLL_S)
+                gone = ray_nodes.lost_since(watched, ray_nodes.snapshot())
+        else:
+            gone = ray_nodes.lost(found)
         while not gone and time.monotonic() < deadline:
             time.sleep(2.0)
             gone = ray_nodes.lost(ray_nodes.snapshot())

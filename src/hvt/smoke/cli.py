@@ -52,10 +52,9 @@ def pull_missing(client: Any, refs: list[str]) -> None:
             ["docker", "pull", "-q", ref], capture_output=True, text=True, check=False
         )
         if pulled.returncode != 0:
-            typer.echo(
+            _failed(
                 f"hvt smoke: cannot pull {ref}: {pulled.stderr.strip()[-500:]} (fix: network "
-                "access to the registry; offline, `make testbed` and HVT_IMAGES=local)",
-                err=True,
+                "access to the registry; offline, `make testbed` and HVT_IMAGES=local)"
             )
             raise typer.Exit(2)
 
@@ -68,6 +67,14 @@ NODE_PROXY = "node-proxy"  # its own LiteLLM proxy (profile worker): one proxy p
 LOSS_WAIT_S = 15 * 60  # how long a run may take to notice its lost node and exit
 RESTART_AFTER = 2  # steps of the last experiment's first launch; the resumed one runs the rest
 RUN_WAIT_S = 45 * 60
+
+
+FAILURES: list[str] = []  # what went wrong, said again in the last lines (report.verdict_lines)
+
+
+def _failed(text: str) -> None:
+    FAILURES.append(text)
+    typer.echo(text, err=True)
 
 
 SANDBOX_DAEMONS = ("sandbox-a", "sandbox-b")  # compose.cpu.yaml; config/smoke.yaml's fleet
@@ -108,7 +115,7 @@ def _sandbox_daemons(
         _compose(root, env, "up", "-d", "--wait", *SANDBOX_DAEMONS), env=env, check=False
     )
     if up.returncode != 0:
-        typer.echo("hvt smoke: the sandbox daemons did not become healthy", err=True)
+        _failed("hvt smoke: the sandbox daemons did not become healthy")
         return False
     # one `docker save` of all the images (shared layers once), fed to every daemon at once
     started = time.monotonic()
@@ -141,7 +148,7 @@ def _sandbox_daemons(
             load.stdin.close()
         said = load.stdout.read().decode(errors="replace")
         if load.wait() != 0 or name in broken:
-            typer.echo(f"hvt smoke: cannot load the images into {name}: {said[-500:]}", err=True)
+            _failed(f"hvt smoke: cannot load the images into {name}: {said[-500:]}")
             ok = False
     if ok:
         typer.echo(f"hvt smoke: images loaded after {time.monotonic() - started:.0f} s")
@@ -194,7 +201,7 @@ def _dashboard_tags(root: Path, env: dict[str, str], port: int) -> dict[str, int
         except OSError as exc:
             last = str(exc)
         time.sleep(3)
-    typer.echo(f"hvt smoke: TensorBoard on 127.0.0.1:{port} after 180 s: {last}", err=True)
+    _failed(f"hvt smoke: TensorBoard on 127.0.0.1:{port} after 180 s: {last}")
     return tags
 
 
@@ -259,9 +266,7 @@ def _run_to_end(root: Path, env: dict[str, str], client: Any, project: str) -> i
     try:
         result = _service(client, project).wait(timeout=RUN_WAIT_S)
     except Exception as exc:  # requests' ReadTimeout, a vanished container
-        typer.echo(
-            f"hvt smoke: the trainer did not finish in {RUN_WAIT_S // 60} min ({exc})", err=True
-        )
+        _failed(f"hvt smoke: the trainer did not finish in {RUN_WAIT_S // 60} min ({exc})")
         return 1
     finally:
         time.sleep(2)
@@ -290,17 +295,16 @@ def _run_and_resume(
             trainer = _service(client, project)
             trainer.reload()
             if trainer.status == "exited":
-                typer.echo(
+                _failed(
                     f"hvt smoke: the trainer exited before global_step_{RESTART_AFTER} "
-                    f"(exit {trainer.attrs['State']['ExitCode']})",
-                    err=True,
+                    f"(exit {trainer.attrs['State']['ExitCode']})"
                 )
                 return int(trainer.attrs["State"]["ExitCode"]) or 1, None
             if _checkpointed(data, project_name) >= RESTART_AFTER:
                 break
             if time.monotonic() - started > RUN_WAIT_S:
-                typer.echo(f"hvt smoke: no global_step_{RESTART_AFTER} after "
-                           f"{RUN_WAIT_S // 60} min", err=True)  # fmt: skip
+                _failed(f"hvt smoke: no global_step_{RESTART_AFTER} after "
+                           f"{RUN_WAIT_S // 60} min")  # fmt: skip
                 return 1, None
             time.sleep(5)
         done = time.monotonic() - started
@@ -323,8 +327,8 @@ def _run_and_resume(
             try:
                 code = int(trainer.wait(timeout=LOSS_WAIT_S)["StatusCode"])
             except Exception as exc:  # requests' ReadTimeout: the run never noticed
-                typer.echo(f"hvt smoke: the run did not stop in {LOSS_WAIT_S // 60} min after "
-                           f"losing {lose[0]} ({exc})", err=True)  # fmt: skip
+                _failed(f"hvt smoke: the run did not stop in {LOSS_WAIT_S // 60} min after "
+                           f"losing {lose[0]} ({exc})")  # fmt: skip
                 return 1, None
             noticed = time.monotonic() - lost_at
             typer.echo(
@@ -375,7 +379,7 @@ def _train(
             return _run_and_resume(root, env, client, project, data, project_name, lose)
         code = _run_to_end(root, env, client, project)
         if code != 0:
-            typer.echo(f"hvt smoke: the {mode} experiment failed (exit {code})", err=True)
+            _failed(f"hvt smoke: the {mode} experiment failed (exit {code})")
             return code, None
     return 0, None
 
@@ -479,20 +483,19 @@ def stack(
     then the checks, and down."""
     import docker
 
+    FAILURES.clear()
     modes = mode or ["colocate_async"]
     unknown = [m for m in modes if m not in MODE_CONFIGS]
     if unknown:
-        typer.echo(
+        _failed(
             f"hvt smoke: --mode {unknown[0]!r} is not a smoke mode "
-            f"(use {' or '.join(MODE_CONFIGS)})",
-            err=True,
+            f"(use {' or '.join(MODE_CONFIGS)})"
         )
         raise typer.Exit(2)
     if nodes > 1 and modes != ["colocate_async"]:
-        typer.echo(
+        _failed(
             f"hvt smoke: --nodes {nodes} runs one colocate_async experiment ({TWO_NODE_CONFIG}); "
-            "drop --mode, or run the modes on one node",
-            err=True,
+            "drop --mode, or run the modes on one node"
         )
         raise typer.Exit(2)
 
@@ -504,7 +507,7 @@ def stack(
     try:
         images = base_images.resolve(os.environ, client)
     except base_images.NoImagesError as exc:
-        typer.echo(f"hvt smoke: {exc}", err=True)
+        _failed(f"hvt smoke: {exc}")
         raise typer.Exit(2) from None
     typer.echo(f"hvt smoke: {images.line}")
     prefix = os.environ.get("IMAGE_PREFIX", "verl-swe-rl")
@@ -512,14 +515,14 @@ def stack(
     missing = [f"{prefix}/{name}:{tag}" for name in IMAGES]
     missing = [m for m in missing if not client.images.list(name=m)]
     if missing:
-        typer.echo(f"hvt smoke: missing images {', '.join(missing)} (fix: make image)", err=True)
+        _failed(f"hvt smoke: missing images {', '.join(missing)} (fix: make image)")
         raise typer.Exit(2)
     if images.source == "public":
         pull_missing(client, [images.python, images.dockerd])
     for secret in ("litellm_master_key", "proxy_signing_key"):
         key = root / "secrets" / secret
         if not key.is_file():
-            typer.echo(f"hvt smoke: {key} is missing (fix: make secrets)", err=True)
+            _failed(f"hvt smoke: {key} is missing (fix: make secrets)")
             raise typer.Exit(2)
     # a fresh run directory per smoke: no ledger, current_exp or checkpoint of an earlier one
     data = data_dir.resolve() / time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
@@ -615,9 +618,9 @@ def stack(
             all=True, filters={"label": f"com.docker.compose.project={project}"}
         )
         if leftovers:
-            typer.echo(f"hvt smoke: {len(leftovers)} container(s) left behind", err=True)
+            _failed(f"hvt smoke: {len(leftovers)} container(s) left behind")
             code = code or 1
     # the verdict again after the teardown's lines: a log's tail (CI's) names what broke
-    for line in report.verdict_lines(broken, code, data):
+    for line in report.verdict_lines(broken, code, data, FAILURES):
         typer.echo(line, err=code != 0)
     raise typer.Exit(code)

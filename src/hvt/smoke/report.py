@@ -84,14 +84,19 @@ def print_report(checks: list[Check], runs: list[Run], seconds: float) -> None:
     console.print(f"[bold]smoke {verdict}[/] in {seconds:.0f} s")
 
 
-def verdict_lines(broken: list[Check], code: int, run_dir: Path) -> list[str]:
-    """The smoke's last lines: PASSED, or each broken check with its detail (a log's tail,
-    such as CI's, shows what failed without the tables above it)."""
+def verdict_lines(
+    broken: list[Check], code: int, run_dir: Path, failures: list[str] | None = None
+) -> list[str]:
+    """The smoke's last lines: PASSED, or what went wrong (each failure it said on the way)
+    and each broken check with its detail: a log's tail, such as CI's, shows what failed
+    without the tables and the teardown's lines above it."""
     if code == 0:
         return [f"hvt smoke: PASSED (run directory {run_dir})"]
     lines = [f"hvt smoke: FAILED, exit {code} (run directory {run_dir})"]
+    lines += [f"hvt smoke: FAILURE {' '.join(f.removeprefix('hvt smoke: ').split())}"
+              for f in failures or []]  # fmt: skip
     lines += [f"hvt smoke: BROKEN {c.name}: {c.detail}" for c in broken]
-    if not broken:
+    if not broken and not failures:
         lines.append(
             "hvt smoke: no check failed: the stack, the trainer or the teardown did (see above)"
         )
