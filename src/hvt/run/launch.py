@@ -447,13 +447,9 @@ def watch_for_lost_node(
                 watcher = None
                 proc.wait()
                 return ""
-            said = watcher.stdout.read() if watcher.stdout else ""
-            reason = f"lost trainer node(s): {'; '.join(ray_nodes.lost_lines(said))}"
-            console.print(
-                f"[bold red]hvt launch: the cluster {reason}; stopping the trainer. Start the "
-                "node's worker service again (docker compose --profile worker up -d on that "
-                "host); the next launch resumes from the latest checkpoint once every node has "
-                "joined[/]"
+            reason = _say_lost(
+                watcher.stdout.read() if watcher.stdout else "",
+                "the cluster {}; stopping the trainer",
             )
             proc.send_signal(signal.SIGINT)
             try:
@@ -498,11 +494,16 @@ def lost_nodes(config_file: Path, env: dict[str, str]) -> str:
     )
     if out.returncode != ray_nodes.EXIT_LOST:
         return ""
-    names = "; ".join(ray_nodes.lost_lines(out.stdout))
-    reason = f"lost trainer node(s): {names}"
+    return _say_lost(out.stdout, "the run failed because it {}")
+
+
+def _say_lost(nodes_output: str, what: str) -> str:
+    """The run record's reason from `hvt nodes --lost` output, said with `what` around it
+    and what to do next."""
+    reason = f"lost trainer node(s): {'; '.join(ray_nodes.lost_lines(nodes_output))}"
     console.print(
-        f"[bold red]hvt launch: the run failed because it {reason}. Start the node's worker "
-        "service again (docker compose --profile worker up -d on that host); the next launch "
-        "resumes from the latest checkpoint once every node has joined[/]"
+        f"[bold red]hvt launch: {what.format(reason)}. Start the node's worker service again "
+        "(docker compose --profile worker up -d on that host); the next launch resumes from "
+        "the latest checkpoint once every node has joined[/]"
     )
     return reason

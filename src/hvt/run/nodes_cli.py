@@ -128,18 +128,14 @@ def nodes(
     if check:
         raise typer.Exit(_checks([n for n in found if n.alive], i.ngpus_per_node, paths))
     if lost:
-        deadline = time.monotonic() + within
-        if watch:  # only what dies from now on, however long that takes
-            watched = {n.node_id for n in found if n.alive}
-            gone: list[ray_nodes.Node] = []
-            while not gone:
-                time.sleep(WATCH_POLL_S)
-                gone = ray_nodes.lost_since(watched, ray_nodes.snapshot())
-        else:
-            gone = ray_nodes.lost(found)
+        # --watch: only what dies from now on, however long that takes
+        watched = {n.node_id for n in found if n.alive}
+        deadline = float("inf") if watch else time.monotonic() + within
+        gone = [] if watch else ray_nodes.lost(found)
         while not gone and time.monotonic() < deadline:
-            time.sleep(2.0)
-            gone = ray_nodes.lost(ray_nodes.snapshot())
+            time.sleep(WATCH_POLL_S if watch else 2.0)
+            now = ray_nodes.snapshot()
+            gone = ray_nodes.lost_since(watched, now) if watch else ray_nodes.lost(now)
         for n in gone:  # a line each, after LOST_PREFIX: Ray prints lines of its own here
             reason = n.death or "no reason recorded"
             console.print(f"{ray_nodes.LOST_PREFIX}{n.name} ({n.ip}): {reason}", markup=False)
